@@ -1,0 +1,1 @@
+"""Proposers: the agents that suggest changes to a task's editable code."""

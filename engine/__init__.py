@@ -1,0 +1,1 @@
+"""The autoresearch engine: goal-file spec, experiment runner, search driver and CLI."""

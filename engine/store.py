@@ -1,0 +1,190 @@
+"""The results store of one search run: every experiment's row, append-only, in Parquet.
+
+The folder (a run's `results/`) reads as one table without this project, through
+`pyarrow.dataset.dataset("results")`, DuckDB's `read_parquet('results/*.parquet')` or pandas'
+`read_parquet("results")`: every part file has one schema, the fixed columns of ROW_FIELDS and then
+a nullable float64 column per metric the store was opened with.
+
+Each `append` writes its row as a new part file, `part-<first>-<last>.parquet` (the zero-padded
+sequence numbers of the rows it holds), under a temporary name that readers skip (a leading dot, a
+`.tmp` suffix), fsyncs it, renames it into place and fsyncs the folder: a crash at any moment
+leaves the whole row on disk or none of it. Every COMPACT_EVERY single-row parts are merged into
+one part over their range, written the same way, before they are deleted; a crash in between
+leaves rows twice, so opening deletes any part whose range lies inside a bigger part's. Opening
+also removes stray temporary files and reads every row into memory: `rows()` does no disk I/O.
+One process (the driver) writes a store; a reader that lists the folder during a compaction can
+see rows twice or miss a file, and should read again.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+_S, _F, _T = pa.string(), pa.float64(), pa.timestamp("ms", tz="UTC")
+_NULLABLE = ("island", "objective", "started_at", "finished_at")
+ROW_FIELDS: tuple[pa.Field, ...] = tuple(
+    pa.field(name, kind, nullable=name in _NULLABLE) for name, kind in [
+        ("exp_id", _S), ("run", _S), ("kind", _S), ("island", pa.int32()), ("agent", _S),
+        ("commit", _S), ("parent", _S), ("description", _S), ("status", _S), ("objective", _F),
+        ("seed", pa.int64()), ("budget_s", _F), ("queued_at", _T), ("started_at", _T),
+        ("finished_at", _T), ("train_wall_s", _F), ("eval_wall_s", _F), ("node", _S),
+        ("gpu", _S), ("cost_usd", _F), ("tokens", pa.int64()), ("message", _S),
+        ("log_tail", _S), ("left_behind", pa.int32()), ("data_fingerprint", _S),
+    ]
+)
+TIMESTAMPS = ("queued_at", "started_at", "finished_at")
+LOG_TAIL_CHARS = 4000
+COMPACT_EVERY = 256
+_PART = re.compile(r"part-(\d+)-(\d+)\.parquet")
+_LEFT_OUT_OF_TSV = ("rejected", "interrupted")
+
+
+class ResultStore:
+    """The rows of one search run, kept in `folder` as Parquet parts and in memory."""
+
+    def __init__(self, folder: Path, metric_names: Sequence[str]) -> None:
+        """Open (or create) the store in `folder` (the run dir's `results/` folder), with one
+        column per name in `metric_names`. Reads existing rows; raises ValueError if the folder
+        holds rows with other columns or has rows missing."""
+        self.schema = pa.schema([*ROW_FIELDS, *(pa.field(n, pa.float64()) for n in metric_names)])
+        if len(set(self.schema.names)) != len(self.schema):
+            raise ValueError(f"metric names repeat or clash with a fixed column: {metric_names}")
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for stray in self.folder.glob(".part-*.tmp"):
+            stray.unlink()
+        parts = self._surviving_parts()
+        self._rows: list[dict] = []
+        for _, _, path in parts:
+            table = pq.read_table(path)
+            if not table.schema.equals(self.schema):
+                raise ValueError(f"{path} has other columns than this store: {table.schema.names}")
+            self._rows += _to_rows(table)
+        # Single-row parts not merged yet; merged parts only ever cover earlier rows.
+        self._loose = [path for first, last, path in parts if first == last]
+
+    def append(self, row: dict) -> None:
+        """Write one row durably (the data is on disk, fsynced, before this returns).
+
+        Timestamps arrive as float seconds since the epoch (or None); missing keys become null
+        (or "" / 0 for non-nullable strings/numbers); unknown keys raise ValueError. log_tail is
+        capped at LOG_TAIL_CHARS characters (keeping the end)."""
+        unknown = sorted(set(row) - set(self.schema.names))
+        if unknown:
+            raise ValueError(f"unknown result columns: {', '.join(unknown)}")
+        table = pa.Table.from_pylist([self._arrow_row(row)], schema=self.schema)
+        self._loose.append(self._write_part(len(self._rows), table))
+        # Kept as it reads back from disk, so rows() is the same before and after a reopen.
+        self._rows.extend(_to_rows(table))
+        if len(self._loose) >= COMPACT_EVERY:
+            self._compact()
+
+    def rows(self) -> list[dict]:
+        """Every row so far, in append order, as plain dicts (timestamps as float epoch seconds)."""
+        return [dict(row) for row in self._rows]
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def export_tsv(self, path: Path, objective: str, kept: set[str]) -> None:
+        """Write results.tsv in the original autoresearch's format, replacing `path` atomically:
+        the short commit, the objective (0 when none), peak_memory_gb, keep (exp_id in `kept`),
+        crash (crash or timeout) or discard, and the description. Rejected or interrupted rows,
+        which never trained to the end, are left out."""
+        lines = [f"commit\t{objective}\tmemory_gb\tstatus\tdescription"]
+        for row in self._rows:
+            if row["status"] in _LEFT_OUT_OF_TSV:
+                continue
+            status = ("keep" if row["exp_id"] in kept
+                      else "crash" if row["status"] in ("crash", "timeout") else "discard")
+            value = row["objective"] if row["objective"] is not None else 0.0
+            memory = row.get("peak_memory_gb") or 0.0
+            description = re.sub(r"[\t\r\n]", " ", row["description"])
+            lines.append(f"{row['commit'][:7]}\t{value:.6f}\t{memory:.1f}\t{status}\t{description}")
+        text = "\n".join(lines) + "\n"
+        _replace(Path(path), lambda file: file.write(text.encode("utf-8")))
+
+    def _arrow_row(self, row: dict) -> dict:
+        """`row` as the columns take it: defaults filled in, times in ms, the log tail capped."""
+        values = {}
+        for field in self.schema:
+            value = row.get(field.name)
+            if value is None and not field.nullable:
+                value = "" if pa.types.is_string(field.type) else 0
+            elif value is not None and field.name in TIMESTAMPS:
+                value = round(value * 1000)
+            values[field.name] = value
+        values["log_tail"] = values["log_tail"][-LOG_TAIL_CHARS:]
+        return values
+
+    def _compact(self) -> None:
+        """Merge the single-row parts into one part covering their range, then delete them."""
+        first = len(self._rows) - len(self._loose)
+        merged = pa.Table.from_pylist([self._arrow_row(row) for row in self._rows[first:]],
+                                      schema=self.schema)
+        self._write_part(first, merged)
+        for loose in self._loose:
+            loose.unlink()
+        _fsync_folder(self.folder)
+        self._loose = []
+
+    def _write_part(self, first: int, table: pa.Table) -> Path:
+        """Write `table`, rows `first` on, as the part file named for their range."""
+        path = self.folder / f"part-{first:08d}-{first + table.num_rows - 1:08d}.parquet"
+        _replace(path, lambda file: pq.write_table(table, file))
+        return path
+
+    def _surviving_parts(self) -> list[tuple[int, int, Path]]:
+        """(first, last, path) of each part file in sequence order, once the parts that a merged
+        part covers (left by a compaction that was cut short) are deleted."""
+        found = sorted((int(match[1]), int(match[2]), path) for path in self.folder.iterdir()
+                       if (match := _PART.fullmatch(path.name)))
+        parts = [(first, last, path) for first, last, path in found
+                 if not any(a <= first and last <= b and b - a > last - first
+                            for a, b, _ in found)]
+        for _, _, path in set(found) - set(parts):
+            path.unlink()
+        _fsync_folder(self.folder)
+        expected = 0  # a gap would lose rows, and later make an append clash with a part
+        for first, last, path in parts:
+            if first != expected:
+                raise ValueError(f"damaged results store: {path} should start at row {expected}")
+            expected = last + 1
+        return parts
+
+
+def _to_rows(table: pa.Table) -> list[dict]:
+    """The table's rows as plain dicts, the timestamps as float seconds since the epoch."""
+    for name in TIMESTAMPS:
+        milliseconds = table[name].cast(pa.int64()).cast(pa.float64())
+        table = table.set_column(table.schema.get_field_index(name), name,
+                                 pc.divide(milliseconds, 1000.0))
+    return table.to_pylist()
+
+
+def _replace(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Write `path` whole or not at all: to a temporary name, fsynced, then renamed over it."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    with open(temporary, "wb") as file:
+        write(file)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temporary, path)
+    _fsync_folder(path.parent)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the renames and deletions in `folder` durable."""
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

@@ -7,9 +7,13 @@ result of any status exits 0.
 from __future__ import annotations
 
 import json
+import logging
+import time
+from pathlib import Path
 
 import click
 
+from agents import AGENT_NAMES, make_agents
 from engine.runner import run_experiment
 from engine.spec import GoalFileError
 from engine.task import TaskError, init_task, load_task
@@ -73,6 +77,73 @@ def experiment(task_dir: str, budget: float | None, seed: int, as_json: bool) ->
     click.echo(f"train_wall_s: {result.train_wall_s:.1f}")
     if result.status == "crash" and result.log_tail:
         click.echo("--- end of train.py's output ---\n" + result.log_tail)
+
+
+@main.command()
+@click.argument("task_dir", type=click.Path(file_okay=False))
+@click.option("--agents", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Islands, one proposer each.")
+@click.option("--budget", type=click.FloatRange(min=0, min_open=True),
+              help="Training seconds per experiment (default: the goal file's).")
+@click.option("--max-experiments", type=click.IntRange(min=1),
+              help="Stop after this many trained experiments.")
+@click.option("--hours", type=click.FloatRange(min=0, min_open=True),
+              help="Stop starting experiments after this long.")
+@click.option("--target", type=float, help="Stop once the objective reaches this value.")
+@click.option("--run-dir", type=click.Path(file_okay=False),
+              help="Where the run writes everything (default: runs/TASK-TIME).")
+@click.option("--address", help="An existing Ray cluster (e.g. auto); default: start Ray here.")
+@click.option("--gpus", type=click.IntRange(min=1),
+              help="Logical GPUs to declare when starting Ray here: a CPU machine then runs "
+                   "this many experiments at once.")
+@click.option("--agent", "agent_name", type=click.Choice(AGENT_NAMES), default="offline",
+              show_default=True, help="Which proposer works the islands.")
+@click.option("--model", help="An LLM for the agents (any litellm model string).")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the search: proposers, parent choice and experiment seeds.")
+@click.option("--noise-seeds", type=click.IntRange(min=2), default=3, show_default=True,
+              help="Runs of the starting code on different seeds, to measure the noise.")
+@click.option("--quiet", is_flag=True, help="No live view; log lines instead.")
+def search(task_dir: str, agents: int, budget: float | None, max_experiments: int | None,
+           hours: float | None, target: float | None, run_dir: str | None,
+           address: str | None, gpus: int | None, agent_name: str, model: str | None,
+           seed: int, noise_seeds: int, quiet: bool) -> None:
+    """Search TASK_DIR with a population of agents on Ray, until a stop condition or Ctrl-C."""
+    from engine.cluster import start_ray
+    from engine.driver import Search, SearchOptions
+    from engine.live import LiveView
+    from engine.report import leaderboard
+
+    task = load_task(task_dir)
+    if model:
+        raise BadInput("LLM agents are not available in this version; use --agent offline")
+    folder = Path(run_dir or Path("runs") / f"{task.path.resolve().name}-"
+                                            f"{time.strftime('%Y%m%d-%H%M%S')}")
+    if folder.exists() and any(folder.iterdir()):
+        raise BadInput(f"{folder} already holds a run; choose another --run-dir")
+    options = SearchOptions(agents=agents, budget_s=budget, max_experiments=max_experiments,
+                            hours=hours, target=target, seed=seed, noise_seeds=noise_seeds)
+    for line in task.spec.not_enforced:
+        click.echo(f"not enforced (kept for the agents): {line}", err=True)
+    start_ray(address, gpus)
+    run = Search(task, folder, options, make_agents(agent_name, agents, seed))
+    _log_to(folder / "driver.log", console=quiet)
+    if quiet:
+        run.run()
+    else:
+        with LiveView(run) as view:
+            run.run(on_tick=view.tick)
+    click.echo(leaderboard(folder))
+    click.echo(f"Results: {folder}/results (Parquet), {folder}/results.tsv; "
+               f"branches in {folder}/repo.git")
+
+
+def _log_to(path: Path, console: bool) -> None:
+    handlers: list[logging.Handler] = [logging.FileHandler(path)]
+    if console:
+        handlers.append(logging.StreamHandler())
+    logging.basicConfig(level=logging.INFO, handlers=handlers,
+                        format="%(asctime)s %(levelname)s %(message)s")
 
 
 def _format(value: float | None) -> str:

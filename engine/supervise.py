@@ -78,6 +78,7 @@ def supervise(command: list[str], deadline_s: float, memory_limit_gb: float, log
     """Run `command`, kill its whole tree at the deadline or over the memory limit."""
     _become_subreaper()
     me = psutil.Process()
+    parent = os.getppid()
     started = time.monotonic()
     with open(log_path, "ab") as log:
         child = subprocess.Popen(
@@ -94,6 +95,9 @@ def supervise(command: list[str], deadline_s: float, memory_limit_gb: float, log
         elapsed = time.monotonic() - started
         if elapsed > deadline_s:
             outcome = "timeout"
+            break
+        if os.getppid() != parent:  # the runner died (a cancelled Ray task): stop everything
+            outcome = "orphaned"
             break
         if elapsed >= next_sample:
             peak_rss = max(peak_rss, _tree_rss_bytes(me))

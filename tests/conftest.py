@@ -24,3 +24,41 @@ def template():
 def with_train(files: dict[str, str], source: str) -> dict[str, str]:
     """The task's files with train.py replaced."""
     return {**files, "train.py": source}
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for the session, with 4 logical GPUs on this CPU machine."""
+    import ray
+
+    import benchmarks.null_experiment
+
+    # Workers import the engine from the installed project; test helpers travel by value.
+    ray.cloudpickle.register_pickle_by_value(benchmarks.null_experiment)
+    ray.init(num_cpus=2, num_gpus=4, include_dashboard=False, logging_level="WARNING",
+             log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+class ScriptedAgent:
+    """A proposer that makes the given edits in order, then distinct harmless ones, and keeps
+    every context it was given."""
+
+    name = "scripted"
+
+    def __init__(self, edits: list[dict[str, str]]) -> None:
+        self.edits = list(edits)
+        self.contexts = []
+        self.made = 0
+
+    def propose(self, context):
+        from agents.base import Proposal
+
+        self.contexts.append(context)
+        self.made += 1
+        if self.edits:
+            files = self.edits.pop(0)
+            return Proposal(f"scripted edit {self.made}", files)
+        train = context.files["train.py"] + f"\n# variant {self.made} of island {context.island}\n"
+        return Proposal(f"variant {self.made}", {"train.py": train})

@@ -1,0 +1,114 @@
+"""Experiments as Ray tasks: one GPU each, files through the object store, results as they come.
+
+Workers need neither git nor a shared filesystem: a task carries the commit's files and returns
+the result as a plain dict. The GPU count is read from the cluster on every call, so a node that
+joins mid-search is used without a restart.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import ray
+
+from engine.runner import ExperimentResult, run_experiment
+from engine.spec import Spec
+
+
+@dataclass(frozen=True)
+class Job:
+    """What a worker needs to run one experiment."""
+
+    files: dict[str, str]
+    spec: Spec
+    seed: int
+    budget_s: float
+    grace_s: float | None
+    expected_fingerprint: str | None
+    threads: int  # CPU threads the training process may use
+
+
+RunFunction = Callable[..., ExperimentResult]
+
+
+def run_job(job: Job, run: RunFunction = run_experiment) -> dict:
+    """Run one job where this process is (inside a Ray task, or directly in a test)."""
+    started = time.time()
+    thread_env = {name: str(job.threads) for name in
+                  ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+    result = run(job.files, job.spec, job.seed, job.budget_s, grace_s=job.grace_s,
+                 expected_fingerprint=job.expected_fingerprint, env=thread_env)
+    gpus = ray.get_gpu_ids() if ray.is_initialized() else []
+    return {
+        "result": result.to_dict(),
+        "started_at": started,
+        "finished_at": time.time(),
+        "node": socket.gethostname() + (f"/{os.environ['RAY_NODE_ID'][:8]}"
+                                        if "RAY_NODE_ID" in os.environ else ""),
+        "gpu": ",".join(str(g) for g in gpus),
+    }
+
+
+class Dispatcher:
+    """Submits jobs as Ray tasks holding `gpus_per_experiment` GPUs (or one CPU slot where the
+    cluster has no GPUs) and hands back each outcome the moment it is ready."""
+
+    def __init__(self, gpus_per_experiment: int, run: RunFunction = run_experiment) -> None:
+        self.gpus_per_experiment = max(gpus_per_experiment, 1)
+        self._run = run
+        self._running: dict[ray.ObjectRef, object] = {}
+        self._remote = ray.remote(run_job)
+        self._options: dict[str, float] = {}
+        self.refresh()
+
+    def refresh(self) -> tuple[int, int]:
+        """Read the cluster's resources now: how many experiments it can hold at once, and the
+        CPU threads each may use. Nodes that joined or left since the last call count."""
+        resources = ray.cluster_resources()
+        gpus, cpus = int(resources.get("GPU", 0)), max(int(resources.get("CPU", 1)), 1)
+        self._options = ({"num_gpus": self.gpus_per_experiment, "num_cpus": 0} if gpus
+                         else {"num_gpus": 0, "num_cpus": 1})
+        slots = gpus // self.gpus_per_experiment if gpus else cpus
+        return slots, max(cpus // max(slots, 1), 1)
+
+    def submit(self, job: Job, tag: object) -> None:
+        """Start `job`; `tag` comes back with its outcome."""
+        ref = self._remote.options(**self._options).remote(job, self._run)
+        self._running[ref] = tag
+
+    @property
+    def running(self) -> list[object]:
+        return list(self._running.values())
+
+    def wait(self, timeout_s: float) -> list[tuple[object, dict | Exception]]:
+        """Outcomes that are ready (waiting at most `timeout_s` for the first): the worker's dict,
+        or the exception that ended the task."""
+        if not self._running:
+            time.sleep(timeout_s)
+            return []
+        pending = list(self._running)
+        first, _ = ray.wait(pending, num_returns=1, timeout=timeout_s, fetch_local=True)
+        if not first:
+            return []
+        ready, _ = ray.wait(pending, num_returns=len(pending), timeout=0, fetch_local=True)
+        outcomes = []
+        for ref in ready:
+            tag = self._running.pop(ref)
+            try:
+                outcomes.append((tag, ray.get(ref)))
+            except Exception as error:  # noqa: BLE001 - a lost worker or task must not end the search
+                outcomes.append((tag, error))
+        return outcomes
+
+    def cancel_all(self) -> list[object]:
+        """Stop every running task (killing its worker and the training tree) and return their
+        tags."""
+        tags = list(self._running.values())
+        for ref in self._running:
+            ray.cancel(ref, force=True)
+        self._running.clear()
+        return tags

@@ -1,0 +1,172 @@
+"""The search: a population of agents on git branches, experiments on Ray, winners promoted."""
+
+import re
+import time
+
+import pytest
+
+from agents import make_agents
+from benchmarks.null_experiment import null_experiment
+from engine.driver import Search, SearchOptions
+from engine.repo import RunRepo, branch_name
+from engine.store import ResultStore
+from engine.task import load_task, template_path
+from tests.conftest import ScriptedAgent
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+
+def rows_of(search: Search) -> list[dict]:
+    return ResultStore(search.run_dir / "results", search._metric_columns()).rows()
+
+
+def trained(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if r["status"] not in ("rejected",)]
+
+
+@pytest.fixture
+def slow_start_task(tmp_path):
+    """The bundled task with a learning rate set 30x too low, and every other constant frozen
+    (not a literal, so the offline proposer leaves it alone): a clear winner exists."""
+    folder = tmp_path / "task"
+    folder.mkdir()
+    for name in ("program.md", "prepare.py"):
+        (folder / name).write_text((template_path() / name).read_text())
+    source = (template_path() / "train.py").read_text()
+
+    def freeze(match: re.Match) -> str:
+        name, value = match.group(1), match.group(2)
+        if name == "LEARNING_RATE":
+            return f"{name} = 1e-4"
+        wrapper = "str" if value.startswith('"') else "float" if "." in value else "int"
+        return f"{name} = {wrapper}({value})"
+
+    source = re.sub(r"^([A-Z_0-9]+) = ([^\s#]+)", freeze, source, flags=re.M)
+    (folder / "train.py").write_text(source)
+    return load_task(folder)
+
+
+def test_a_real_search_trains_several_at_once_commits_each_and_promotes_a_winner(
+        slow_start_task, tmp_path):
+    options = SearchOptions(agents=2, budget_s=3, grace_s=30, max_experiments=10, seed=1)
+    search = Search(slow_start_task, tmp_path / "run", options, make_agents("offline", 2, 1))
+    search.run()
+    rows = rows_of(search)
+    ran = trained(rows)
+    assert len(ran) == 10
+    assert sum(r["status"] == "ok" for r in ran) >= 8
+    overlapping = [(a, b) for a in ran for b in ran if a is not b and
+                   a["started_at"] < b["finished_at"] and b["started_at"] < a["finished_at"]]
+    assert overlapping, "no two experiments ran at the same time"
+    repo = RunRepo(search.run_dir / "repo.git")
+    for row in ran:
+        assert row["status"] in repo.note(row["commit"])
+    for row in (r for r in ran if r["kind"] == "mutation"):
+        assert row["description"].startswith("LEARNING_RATE")
+        assert repo.files_at(row["commit"]) != slow_start_task.files
+    assert search.population.promotions, "nothing was promoted"
+    winner = search.population.promotions[-1]
+    baseline = repo.branch(branch_name(search.run_name, None))
+    assert repo.files_at(baseline) == repo.files_at(winner.commit)
+    for island in search.population.islands:
+        assert repo.branch(branch_name(search.run_name, island.index)) == island.head.commit
+    tsv = (search.run_dir / "results.tsv").read_text().splitlines()
+    assert tsv[0] == "commit\tval_bpb\tmemory_gb\tstatus\tdescription"
+    assert any("\tkeep\t" in line for line in tsv)
+
+
+def test_refused_edits_never_reach_a_gpu_and_go_back_to_the_agent(tmp_path):
+    task = load_task(template_path())
+    original = task.files["train.py"]
+    refused = [
+        {"prepare.py": "print('a better harness')\n"},
+        {"notes.md": "my notes\n"},
+        {"train.py": "def broken(:\n"},
+        {"train.py": original},
+        {"train.py": original + "\n# one change\n"},
+        {"train.py": original + "\n# one change\n"},
+    ]
+    agent = ScriptedAgent(refused)
+    options = SearchOptions(agents=1, budget_s=0.2, max_experiments=6, noise_seeds=2)
+    search = Search(task, tmp_path / "run", options, [agent], run=null_experiment)
+    search.run()
+    rows = rows_of(search)
+    rejected = [r for r in rows if r["status"] == "rejected"]
+    messages = [r["message"] for r in rejected]
+    assert messages[:5] == [
+        "refused: it changes prepare.py, which is protected",
+        "refused: it touches notes.md, which the goal file does not list as editable",
+        "refused: train.py does not compile: line 1: invalid syntax",
+        "refused: it changes nothing",
+        "refused: it repeats the code of an earlier experiment",
+    ]
+    assert all(r["commit"] == "" for r in rejected)
+    repo = RunRepo(search.run_dir / "repo.git")
+    for row in trained(rows):
+        train = repo.files_at(row["commit"])["train.py"]
+        assert "broken(" not in train and repo.files_at(row["commit"])["prepare.py"] == (
+            task.files["prepare.py"])
+    seen = [a.message for c in agent.contexts for a in c.history if a.status == "rejected"]
+    assert "refused: it changes prepare.py, which is protected" in seen
+
+
+def test_crashing_and_hanging_candidates_never_stop_the_search(tmp_path):
+    task = load_task(template_path())
+    crash = {"train.py": "raise RuntimeError('diverged')\n"}
+    hang = {"train.py": "import time\nwhile True:\n    time.sleep(1)\n"}
+    options = SearchOptions(agents=1, budget_s=1, grace_s=15, max_experiments=6, noise_seeds=2)
+    search = Search(task, tmp_path / "run", options, [ScriptedAgent([crash, hang])])
+    started = time.monotonic()
+    search.run()
+    rows = trained(rows_of(search))
+    statuses = {r["description"]: r["status"] for r in rows if r["kind"] == "mutation"}
+    assert statuses["scripted edit 1"] == "crash"
+    assert statuses["scripted edit 2"] == "timeout"
+    assert [r["status"] for r in rows if r["description"].startswith("variant")].count("ok") >= 1
+    assert len(rows) == 6
+    assert time.monotonic() - started < 240
+
+
+def test_the_search_stops_after_max_experiments(tmp_path):
+    options = SearchOptions(agents=3, budget_s=0.1, max_experiments=9)
+    search = Search(load_task(template_path()), tmp_path / "run", options,
+                    make_agents("offline", 3, 0), run=null_experiment)
+    search.run()
+    assert len(trained(rows_of(search))) == 9
+
+
+def test_the_search_stops_when_the_target_is_reached(tmp_path):
+    options = SearchOptions(agents=2, budget_s=0.1, max_experiments=300, target=2.5)
+    search = Search(load_task(template_path()), tmp_path / "run", options,
+                    make_agents("offline", 2, 0), run=null_experiment)
+    search.run()
+    assert search.population.best().objective <= 2.5
+    assert len(trained(rows_of(search))) < 300
+
+
+def test_the_search_stops_after_its_hours(tmp_path):
+    options = SearchOptions(agents=2, budget_s=0.2, hours=2 / 3600)
+    search = Search(load_task(template_path()), tmp_path / "run", options,
+                    make_agents("offline", 2, 0), run=null_experiment)
+    started = time.monotonic()
+    search.run()
+    assert time.monotonic() - started < 15
+    assert len(trained(rows_of(search))) >= 3
+
+
+def test_ctrl_c_records_experiments_in_flight_as_interrupted(tmp_path):
+    options = SearchOptions(agents=2, budget_s=30)
+    search = Search(load_task(template_path()), tmp_path / "run", options,
+                    make_agents("offline", 2, 0), run=null_experiment)
+
+    def press_ctrl_c():
+        if len(search.dispatcher.running) >= 3:
+            raise KeyboardInterrupt
+
+    started = time.monotonic()
+    search.run(on_tick=press_ctrl_c)
+    assert time.monotonic() - started < 20
+    rows = rows_of(search)
+    assert [r["status"] for r in rows].count("interrupted") >= 3
+    assert (search.run_dir / "population.json").is_file()
+    assert (search.run_dir / "results.tsv").is_file()

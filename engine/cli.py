@@ -138,6 +138,28 @@ def search(task_dir: str, agents: int, budget: float | None, max_experiments: in
                f"branches in {folder}/repo.git")
 
 
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--to", "target", type=click.Path(file_okay=False),
+              help="The git repository to receive the branches (default: the run's task folder).")
+def export(run_dir: str, target: str | None) -> None:
+    """Copy the branches of the run in RUN_DIR into a git repository (by default the task's own),
+    as autoresearch/RUN/baseline and autoresearch/RUN/island-K. Nothing else there changes."""
+    from engine.repo import GitError, RunRepo
+
+    info_path = Path(run_dir) / "run.json"
+    if not info_path.is_file():
+        raise BadInput(f"{run_dir} is not a run dir (it has no run.json)")
+    info = json.loads(info_path.read_text())
+    try:
+        names = RunRepo(Path(run_dir) / "repo.git").export(Path(target or info["task"]),
+                                                             info["run"])
+    except GitError as error:
+        raise BadInput(str(error)) from error
+    click.echo(f"Exported {len(names)} branches into {target or info['task']}: "
+               + ", ".join(names))
+
+
 def _log_to(path: Path, console: bool) -> None:
     handlers: list[logging.Handler] = [logging.FileHandler(path)]
     if console:

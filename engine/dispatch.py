@@ -61,7 +61,9 @@ class Dispatcher:
         self.gpus_per_experiment = max(gpus_per_experiment, 1)
         self._run = run
         self._running: dict[ray.ObjectRef, object] = {}
-        self._remote = ray.remote(run_job)
+        # A worker never touches the GPU itself (training runs in a child process that exits),
+        # so workers can be reused instead of Ray's default of one new process per GPU task.
+        self._remote = ray.remote(max_calls=0)(run_job)
         self._options: dict[str, float] = {}
         self.refresh()
 

@@ -14,9 +14,7 @@ The life of one experiment, as `Search.run` drives it:
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import random
 import time
 from collections import deque
@@ -30,6 +28,7 @@ from engine.checks import Refused, apply_proposal, changes_only_a_seed, code_has
 from engine.dispatch import Dispatcher, Job, RunFunction
 from engine.population import Decision, Member, Population
 from engine.repo import RunRepo, branch_name
+from engine.rundir import result_note, result_row, write_checkpoint, write_run_info
 from engine.runner import run_experiment
 from engine.store import ResultStore
 from engine.task import Task
@@ -280,7 +279,7 @@ class Search:
         self.store.append(row)
         self._count(row)
         if experiment.commit:
-            self.repo.add_note(experiment.commit, _note(row, self.spec.objective.metric))
+            self.repo.add_note(experiment.commit, result_note(row, self.spec.objective.metric))
         objective = row["objective"] if row["status"] == "ok" else None
         if experiment.kind == "baseline":
             if objective is not None and self._fingerprint is None:
@@ -348,32 +347,8 @@ class Search:
 
     def _row(self, experiment: Experiment, outcome: dict | Exception | None, *,
              status: str | None = None, message: str = "") -> dict:
-        """One results row; the columns are engine/store.py's."""
-        row = {
-            "exp_id": experiment.exp_id, "run": self.run_name, "kind": experiment.kind,
-            "island": experiment.island, "agent": experiment.agent, "commit": experiment.commit,
-            "parent": experiment.parent.commit if experiment.parent else "",
-            "description": experiment.description, "seed": experiment.seed,
-            "budget_s": self.budget_s, "queued_at": experiment.queued_at,
-            "cost_usd": experiment.cost_usd, "tokens": experiment.tokens,
-            "status": status, "message": message, "objective": None,
-        }
-        if isinstance(outcome, Exception):
-            row.update(status="crash", message=f"the worker failed: {outcome}"[:2000],
-                       started_at=experiment.started_at, finished_at=time.time())
-        elif isinstance(outcome, dict):
-            result = outcome["result"]
-            row.update(
-                status=result["status"], objective=result["objective"],
-                message=result["message"], log_tail=result["log_tail"],
-                train_wall_s=result["train_wall_s"], eval_wall_s=result["eval_wall_s"],
-                left_behind=result["left_behind"], data_fingerprint=result["data_fingerprint"],
-                started_at=outcome["started_at"], finished_at=outcome["finished_at"],
-                node=outcome["node"], gpu=outcome["gpu"],
-            )
-            row.update({name: value for name, value in result["metrics"].items()
-                        if name in self._metric_columns()})
-        return row
+        return result_row(experiment, outcome, run=self.run_name, budget_s=self.budget_s,
+                          metric_columns=self._metric_columns(), status=status, message=message)
 
     def _count(self, row: dict) -> None:
         state = self.state
@@ -404,32 +379,20 @@ class Search:
                               self.population.kept)
 
     def _checkpoint(self) -> None:
-        """The population's state, replaced atomically (for `status` and `resume`)."""
-        population = self.population
-        state = {
-            "run": self.run_name,
-            "submitted": self._submitted,
-            "next_id": self._next_id,
-            "noise": {"sigma": population.sigma, "runs": population.noise_runs},
-            "baseline": _member(population.baseline),
-            "islands": [{"head": _member(i.head), "stale": i.stale,
-                         "archive": [_member(m) for m in i.archive]}
-                        for i in population.islands],
-            "kept": sorted(population.kept),
-            "promotions": [_member(m) for m in population.promotions],
-            "seen_code": sorted(self._seen_code),
-            "fingerprint": self._fingerprint,
-        }
-        _write_atomically(self.run_dir / "population.json", json.dumps(state, indent=1))
+        """The population's state and the driver's counters (for `status` and `resume`)."""
+        write_checkpoint(self.run_dir, {
+            "run": self.run_name, "submitted": self._submitted, "next_id": self._next_id,
+            "fingerprint": self._fingerprint, "seen_code": sorted(self._seen_code),
+            **self.population.to_dict(),
+        })
 
     def _write_run_info(self) -> None:
-        info = {
+        write_run_info(self.run_dir, {
             "run": self.run_name, "task": str(self.task.path.resolve()),
             "created": self.state.started_at, "options": asdict(self.options),
             "budget_s": self.budget_s, "objective": asdict(self.spec.objective),
             "not_enforced": list(self.spec.not_enforced),
-        }
-        _write_atomically(self.run_dir / "run.json", json.dumps(info, indent=1))
+        })
 
     def _metric_columns(self) -> list[str]:
         names = [self.spec.objective.metric, *self.spec.metrics, *STANDARD_METRICS]
@@ -439,22 +402,3 @@ class Search:
         self._next_id += 1
         return f"e{self._next_id:05d}"
 
-
-def _member(member: Member) -> dict:
-    return {"commit": member.commit, "exp_id": member.exp_id, "runs": member.runs}
-
-
-def _note(row: dict, metric: str) -> str:
-    value = row["objective"]
-    score = f"{metric} {value:.6f}" if value is not None else "no score"
-    return f"{row['exp_id']}: {row['status']}, {score}" + (
-        f" ({row['message']})" if row["message"] else "")
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    staging = path.with_name(path.name + ".tmp")
-    with open(staging, "w") as out:
-        out.write(text)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(staging, path)

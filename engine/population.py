@@ -220,6 +220,18 @@ class Population:
                                       reason="lagged the baseline"))
         return decisions
 
+    def to_dict(self) -> dict:
+        """The state a checkpoint keeps (commits and scores; the code lives in the run's git)."""
+        return {
+            "noise": {"sigma": self.sigma, "runs": self.noise_runs},
+            "baseline": _as_dict(self.baseline),
+            "islands": [{"head": _as_dict(i.head), "stale": i.stale,
+                         "archive": [_as_dict(m) for m in i.archive]} for i in self.islands],
+            "kept": sorted(self.kept),
+            "promotions": [_as_dict(m) for m in self.promotions],
+            "confirming": sorted(self._confirming),
+        }
+
     # -- helpers -------------------------------------------------------------------------------
 
     def _better(self, candidate: float, reference: float) -> bool:
@@ -238,3 +250,8 @@ class Population:
             return self.baseline
         pick = min if self.objective.direction == "minimize" else max
         return pick(scored, key=lambda m: m.objective)
+
+
+def _as_dict(member: Member) -> dict:
+    return {"commit": member.commit, "exp_id": member.exp_id, "runs": member.runs,
+            "children": member.children}

@@ -67,3 +67,48 @@ def test_bad_arguments_exit_2(tmp_path, args):
     refused = autoresearch(*args, cwd=tmp_path)
     assert refused.returncode == 2
     assert refused.stdout == ""
+
+
+def git(*args: str, cwd: Path) -> str:
+    return subprocess.run(["git", "-c", "user.name=me", "-c", "user.email=me@example.com",
+                           *args], cwd=cwd, capture_output=True, text=True, check=True).stdout
+
+
+def test_search_runs_from_the_command_line_and_its_branches_export_to_the_task(tmp_path):
+    task = tmp_path / "task"
+    autoresearch("init", task)
+    git("init", "-q", "-b", "main", cwd=task)
+    git("add", ".", cwd=task)
+    git("commit", "-qm", "my task", cwd=task)
+    ran = autoresearch("search", tmp_path / "task", "--gpus", "2", "--agents", "2",
+                       "--budget", "1", "--max-experiments", "4", "--noise-seeds", "2",
+                       "--quiet", "--run-dir", tmp_path / "run")
+    assert ran.returncode == 0, ran.stderr
+    assert "Leaderboard (val_bpb, lower is better" in ran.stdout
+    assert "starting code:" in ran.stdout
+    assert (tmp_path / "run" / "results.tsv").read_text().startswith("commit\tval_bpb")
+    assert "noise: sigma" in (tmp_path / "run" / "driver.log").read_text()
+    exported = autoresearch("export", tmp_path / "run")
+    assert exported.returncode == 0, exported.stderr
+    branches = git("branch", "--list", "autoresearch/*", "--format=%(refname:short)", cwd=task)
+    assert branches.split() == ["autoresearch/run/baseline", "autoresearch/run/island-0",
+                                "autoresearch/run/island-1"]
+    assert git("branch", "--show-current", cwd=task).strip() == "main"
+    assert git("status", "--porcelain", cwd=task) == ""
+    assert "my task" in git("log", "--format=%s", "autoresearch/run/baseline", cwd=task)
+
+
+def test_search_refuses_a_run_dir_that_holds_a_run(tmp_path):
+    autoresearch("init", tmp_path / "task")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "run.json").write_text("{}")
+    refused = autoresearch("search", tmp_path / "task", "--run-dir", tmp_path / "run")
+    assert refused.returncode == 2
+    assert refused.stderr.strip() == (
+        f"Error: {tmp_path / 'run'} already holds a run; choose another --run-dir")
+
+
+def test_export_refuses_a_folder_that_is_not_a_run_dir(tmp_path):
+    refused = autoresearch("export", tmp_path)
+    assert refused.returncode == 2
+    assert refused.stderr.strip() == f"Error: {tmp_path} is not a run dir (it has no run.json)"

@@ -28,6 +28,7 @@ import ray
 
 from agents.base import Attempt, ProposalContext
 from agents.offline import OfflineAgent
+from engine.cluster import start_ray
 from engine.driver import Search, SearchOptions
 from engine.runner import run_experiment
 from engine.store import ResultStore
@@ -62,8 +63,7 @@ def engine_search(task: Task, experiments: int, budget: float, seed: int,
     """The engine with `workers` logical GPUs. Returns (seconds, objective or None) in finishing
     order; objectives of confirmation and noise runs are left out of the best-so-far, as the
     engine itself only counts promoted means."""
-    ray.init(num_cpus=os.cpu_count(), num_gpus=workers, include_dashboard=False,
-             logging_level="ERROR", log_to_driver=False)
+    start_ray(None, workers)
     try:
         with tempfile.TemporaryDirectory() as folder:
             options = SearchOptions(agents=workers, budget_s=budget, max_experiments=experiments,

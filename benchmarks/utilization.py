@@ -32,6 +32,7 @@ import ray
 import benchmarks.null_experiment
 from agents.base import Proposal, ProposalContext
 from benchmarks.null_experiment import null_experiment
+from engine.cluster import start_ray
 from engine.driver import Search, SearchOptions
 from engine.store import ResultStore
 from engine.task import load_task, template_path
@@ -58,11 +59,48 @@ def busy_fraction(rows: list[dict], slots: int, start: float, end: float) -> flo
     return busy / (slots * (end - start))
 
 
+def warm_up(gpus: int) -> float:
+    """Start one Ray worker process per GPU slot, as a long search has, and return how long it
+    took (here every worker starts on one machine; on a cluster each node starts its own)."""
+    started = time.monotonic()
+
+    @ray.remote(num_gpus=1, num_cpus=0, max_calls=0)
+    def hold() -> None:
+        time.sleep(1.0)
+
+    ray.get([hold.remote() for _ in range(gpus)])
+    return time.monotonic() - started
+
+
+@ray.remote(num_gpus=1, num_cpus=0, max_calls=0)
+def _null_task(length: float) -> tuple[float, float]:
+    started = time.time()
+    time.sleep(length)
+    return started, time.time()
+
+
+def bare_ray(gpus: int, length: float, rounds: int) -> float:
+    """The ideal on this machine: the same tasks kept in flight by a bare Ray loop that does no
+    other work (no proposals, git, results or decisions). Returns its utilisation."""
+    started = time.time()
+    stop = started + rounds * length
+    running = [_null_task.remote(length) for _ in range(gpus)]
+    spans = []
+    while running:
+        ready, running = ray.wait(running, num_returns=1)
+        spans.append(ray.get(ready[0]))
+        if time.time() < stop:
+            running.append(_null_task.remote(length))
+    rows = [{"started_at": a, "finished_at": b} for a, b in spans]
+    return busy_fraction(rows, gpus, started, stop)
+
+
 def measure(gpus: int, length: float, rounds: int, islands: int) -> dict:
-    ray.init(num_cpus=2, num_gpus=gpus, include_dashboard=False, logging_level="ERROR",
-             log_to_driver=False)
+    start_ray(None, gpus, cpus=2)
     ray.cloudpickle.register_pickle_by_value(benchmarks.null_experiment)
     try:
+        start_up = warm_up(gpus)
+        ideal = bare_ray(gpus, length, rounds)
         with tempfile.TemporaryDirectory() as folder:
             options = SearchOptions(agents=islands, budget_s=length,
                                     hours=(rounds * length) / 3600, surplus=max(4, gpus // 8))
@@ -79,6 +117,8 @@ def measure(gpus: int, length: float, rounds: int, islands: int) -> dict:
                 "utilisation": busy_fraction(trained, gpus, started, stopped),
                 "steady": busy_fraction(trained, gpus, started + length, stopped),
                 "driver_ms": 1000 * state.driver_s / max(len(rows), 1),
+                "start_up_s": start_up,
+                "ideal": ideal,
             }
     finally:
         ray.shutdown()
@@ -93,12 +133,14 @@ def main() -> None:
     args = parser.parse_args()
     print(f"null experiments of {args.length:g} s, {args.rounds} lengths per size, "
           f"{args.islands} islands")
-    print(f"{'GPUs':>6} {'experiments':>12} {'utilisation':>12} {'steady':>8} "
-          f"{'driver ms/exp':>14}")
+    print(f"{'GPUs':>6} {'experiments':>12} {'utilisation':>12} {'bare Ray':>9} {'ratio':>6} "
+          f"{'steady':>7} {'driver ms/exp':>14} {'worker start-up s':>18}")
     for gpus in (int(size) for size in args.sizes.split(",")):
         row = measure(gpus, args.length, args.rounds, args.islands)
         print(f"{row['gpus']:>6} {row['experiments']:>12} {row['utilisation']:>12.3f} "
-              f"{row['steady']:>8.3f} {row['driver_ms']:>14.1f}", flush=True)
+              f"{row['ideal']:>9.3f} {row['utilisation'] / row['ideal']:>6.3f} "
+              f"{row['steady']:>7.3f} {row['driver_ms']:>14.1f} {row['start_up_s']:>18.1f}",
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ import ray
 from engine.runner import ExperimentResult, run_experiment
 from engine.spec import Spec
 
+REFRESH_S = 1.0  # how often the cluster's resources are read
+
 
 @dataclass(frozen=True)
 class Job:
@@ -65,17 +67,23 @@ class Dispatcher:
         # so workers can be reused instead of Ray's default of one new process per GPU task.
         self._remote = ray.remote(max_calls=0)(run_job)
         self._options: dict[str, float] = {}
+        self._refreshed_at = -REFRESH_S
+        self._capacity = (0, 1)
         self.refresh()
 
     def refresh(self) -> tuple[int, int]:
-        """Read the cluster's resources now: how many experiments it can hold at once, and the
-        CPU threads each may use. Nodes that joined or left since the last call count."""
+        """How many experiments the cluster can hold at once, and the CPU threads each may use,
+        read from the cluster at most once a second: nodes that joined or left count."""
+        if time.monotonic() - self._refreshed_at < REFRESH_S:
+            return self._capacity
+        self._refreshed_at = time.monotonic()
         resources = ray.cluster_resources()
         gpus, cpus = int(resources.get("GPU", 0)), max(int(resources.get("CPU", 1)), 1)
         self._options = ({"num_gpus": self.gpus_per_experiment, "num_cpus": 0} if gpus
                          else {"num_gpus": 0, "num_cpus": 1})
         slots = gpus // self.gpus_per_experiment if gpus else cpus
-        return slots, max(cpus // max(slots, 1), 1)
+        self._capacity = (slots, max(cpus // max(slots, 1), 1))
+        return self._capacity
 
     def submit(self, job: Job, tag: object) -> None:
         """Start `job`; `tag` comes back with its outcome."""

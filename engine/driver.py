@@ -37,7 +37,10 @@ log = logging.getLogger("autoresearch")
 
 STANDARD_METRICS = ("params", "peak_memory_gb", "steps", "final_train_loss", "loss_spikes")
 AGENT_RETRY_S = (1, 2, 5, 10, 30, 60)  # back-off after consecutive proposer failures
-TSV_EVERY = 10  # results between exports of results.tsv
+# Files derived from the results are rewritten on a timer, not per result: the rows themselves
+# are durable one by one in the store, and these would cost O(run) per experiment.
+CHECKPOINT_EVERY_S = 1.0
+TSV_EVERY_S = 10.0
 
 
 @dataclass
@@ -125,6 +128,8 @@ class Search:
         self._deferred: list[tuple[Experiment, dict]] = []  # judged once the noise is known
         self._noise_outstanding = options.noise_seeds
         self._submitted = 0
+        self._draining = False  # a limit was reached: start nothing new
+        self._checkpointed_at = self._exported_at = 0.0
         self._next_id = 0
         self._fingerprint: str | None = None
         self._rng = random.Random(options.seed)
@@ -185,14 +190,15 @@ class Search:
         out_of_experiments = options.max_experiments is not None and (
             self._submitted >= options.max_experiments)
         if out_of_time or out_of_experiments:
-            self._queue.clear()
-            return not self.dispatcher.running
-        return False
+            self._draining = True  # nothing new starts; what runs may finish
+        return self._draining and not self.dispatcher.running
 
     # -- proposals -----------------------------------------------------------------------------
 
     def _ask_agents(self, slots: int) -> None:
         """Keep one proposal in flight per island while fewer are ready than free GPUs + surplus."""
+        if self._draining:
+            return
         wanted = slots - len(self.dispatcher.running) + self.options.surplus
         now = time.time()
         for island in self._rng.sample(range(self.options.agents), self.options.agents):
@@ -259,10 +265,7 @@ class Search:
     # -- dispatch ------------------------------------------------------------------------------
 
     def _submit(self, slots: int, threads: int) -> None:
-        while self._queue and len(self.dispatcher.running) < slots:
-            if self.options.max_experiments is not None and (
-                    self._submitted >= self.options.max_experiments):
-                return
+        while self._queue and len(self.dispatcher.running) < slots and not self._draining:
             experiment = self._queue.popleft()
             experiment.started_at = time.time()
             self.dispatcher.submit(Job(
@@ -299,7 +302,7 @@ class Search:
         else:
             self._judge(experiment, row)
         self.state.kept = len(self.population.kept)
-        self._checkpoint()
+        self._write_derived()
 
     def _judge(self, experiment: Experiment, row: dict) -> None:
         objective = row["objective"] if row["status"] == "ok" else None
@@ -357,8 +360,6 @@ class Search:
             state.finished += 1
             if row.get("started_at") and row.get("finished_at"):
                 state.busy_s += row["finished_at"] - row["started_at"]
-        if state.finished % TSV_EVERY == 0:
-            self._export_tsv()
 
     # -- the run dir ---------------------------------------------------------------------------
 
@@ -371,8 +372,16 @@ class Search:
             future.cancel()
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.state.running = []
-        self._checkpoint()
-        self._export_tsv()
+        self._write_derived(now=True)
+
+    def _write_derived(self, now: bool = False) -> None:
+        clock = time.monotonic()
+        if now or clock - self._checkpointed_at >= CHECKPOINT_EVERY_S:
+            self._checkpoint()
+            self._checkpointed_at = clock
+        if now or clock - self._exported_at >= TSV_EVERY_S:
+            self._export_tsv()
+            self._exported_at = clock
 
     def _export_tsv(self) -> None:
         self.store.export_tsv(self.run_dir / "results.tsv", self.spec.objective.metric,

@@ -32,11 +32,11 @@ def ray_local():
     import ray
 
     import benchmarks.null_experiment
+    from engine.cluster import start_ray
 
     # Workers import the engine from the installed project; test helpers travel by value.
     ray.cloudpickle.register_pickle_by_value(benchmarks.null_experiment)
-    ray.init(num_cpus=2, num_gpus=4, include_dashboard=False, logging_level="WARNING",
-             log_to_driver=False)
+    start_ray(None, gpus=4, cpus=2)
     yield ray
     ray.shutdown()
 

@@ -152,13 +152,13 @@ class Search:
         last_tick = time.monotonic()
         try:
             while not self._finished():
-                busy_from = time.monotonic()
+                busy_from, before = time.monotonic(), self._progress()
                 slots, threads = self.dispatcher.refresh()
                 self.state.slots = slots
                 self._ask_agents(slots)
                 self._take_proposals()
                 self._submit(slots, threads)
-                self.state.driver_s += time.monotonic() - busy_from
+                driver_s = time.monotonic() - busy_from
                 outcomes = self.dispatcher.wait(timeout_s=0.05)
                 busy_from = time.monotonic()
                 for experiment, outcome in outcomes:
@@ -166,7 +166,8 @@ class Search:
                 now = time.monotonic()
                 self.state.capacity_s += slots * (now - last_tick)
                 last_tick = now
-                self.state.driver_s += now - busy_from
+                if self._progress() != before:  # turns that only polled are not driver work
+                    self.state.driver_s += driver_s + now - busy_from
                 if on_tick:
                     on_tick()
         except KeyboardInterrupt:
@@ -174,6 +175,13 @@ class Search:
         finally:
             self._stop()
         return self.state
+
+    def _out_of_experiments(self) -> bool:
+        limit = self.options.max_experiments
+        return limit is not None and self._submitted >= limit
+
+    def _progress(self) -> tuple[int, int, int]:
+        return len(self._queue) + len(self._proposing), self._submitted, self.state.finished
 
     def _finished(self) -> bool:
         """Stop submitting at a limit; end once nothing is in flight (or at once for --target)."""
@@ -187,9 +195,7 @@ class Search:
             return True
         out_of_time = options.hours is not None and (
             now - self.state.started_at > options.hours * 3600)
-        out_of_experiments = options.max_experiments is not None and (
-            self._submitted >= options.max_experiments)
-        if out_of_time or out_of_experiments:
+        if out_of_time or self._out_of_experiments():
             self._draining = True  # nothing new starts; what runs may finish
         return self._draining and not self.dispatcher.running
 
@@ -265,7 +271,8 @@ class Search:
     # -- dispatch ------------------------------------------------------------------------------
 
     def _submit(self, slots: int, threads: int) -> None:
-        while self._queue and len(self.dispatcher.running) < slots and not self._draining:
+        while (self._queue and len(self.dispatcher.running) < slots and not self._draining
+               and not self._out_of_experiments()):
             experiment = self._queue.popleft()
             experiment.started_at = time.time()
             self.dispatcher.submit(Job(

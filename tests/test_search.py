@@ -192,6 +192,6 @@ def test_the_live_view_shows_best_lineage_slots_rates_and_utilisation(tmp_path):
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.getvalue())  # without terminal codes
     assert "best val_bpb" in text and "noise σ" in text
     assert "lineage: start" in text
-    assert "experiments 12 (ok 12)" in text
+    assert "experiments 12 (ok 12" in text
     assert "GPU utilisation" in text and "keep rate" in text
     assert "slot" in text and "time left" in text

@@ -10,6 +10,7 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -17,6 +18,9 @@ from agents import AGENT_NAMES, make_agents
 from engine.runner import run_experiment
 from engine.spec import GoalFileError
 from engine.task import TaskError, init_task, load_task
+
+if TYPE_CHECKING:
+    from engine.rundata import RunData
 
 
 class BadInput(click.ClickException):
@@ -158,6 +162,81 @@ def export(run_dir: str, target: str | None) -> None:
         raise BadInput(str(error)) from error
     click.echo(f"Exported {len(names)} branches into {target or info['task']}: "
                + ", ".join(names))
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def status(run_dir: str, as_json: bool) -> None:
+    """Where the search in RUN_DIR stands, while it runs or after: the best so far and its
+    lineage, each island's head, experiments by status, keep rate, experiments per hour, GPU
+    utilisation and cost."""
+    from engine.status import format_status, summarise
+
+    summary = summarise(_open_run(run_dir))
+    click.echo(json.dumps(summary) if as_json else format_status(summary))
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--by", type=click.Choice(["number", "time"]), default="number",
+              show_default=True, help="Place experiments on the plot by number or by time.")
+def report(run_dir: str, by: str) -> None:
+    """Write progress.png and report.html into RUN_DIR: the progress plot, the leaderboard, the
+    lineage of the promotions, each winner's diff, cost and utilisation, and the goal file, in
+    one file that opens from disk with no server and no network."""
+    from engine.report import write_report
+
+    picture, page = write_report(_open_run(run_dir), by)
+    click.echo(f"Wrote {picture} and {page} (open file://{page.resolve()} in a browser).")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.argument("exp_id")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def reproduce(run_dir: str, exp_id: str, as_json: bool) -> None:
+    """Train experiment EXP_ID of the run in RUN_DIR again, here, from its commit with its seed
+    and budget, and compare the score with the recorded one (it matches when the difference is
+    within 2 noise sigmas). Exits 0 whether it matches or not."""
+    from engine.reproduce import format_reproduction
+    from engine.reproduce import reproduce as train_again
+    from engine.rundata import NoSuchChange
+
+    run = _open_run(run_dir)
+    try:
+        row = run.committed(exp_id)
+        if not as_json:
+            click.echo(f"Reproducing {exp_id} (commit {row['commit'][:12]}, seed {row['seed']}, "
+                       f"{row['budget_s']:g} s of training) ...", err=True)
+        outcome = train_again(run, exp_id)
+    except NoSuchChange as error:
+        raise BadInput(str(error)) from error
+    click.echo(json.dumps(outcome) if as_json else format_reproduction(outcome))
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.argument("exp_id")
+def diff(run_dir: str, exp_id: str) -> None:
+    """Print the change experiment EXP_ID of the run in RUN_DIR made to its parent, as a
+    unified diff."""
+    from engine.rundata import NoSuchChange
+
+    try:
+        click.echo(_open_run(run_dir).change(exp_id), nl=False)
+    except NoSuchChange as error:
+        raise BadInput(str(error)) from error
+
+
+def _open_run(run_dir: str) -> RunData:
+    """The run in `run_dir`, read now; one sentence and exit 2 when it is not a run dir."""
+    from engine.rundata import NotARunDir, load_run
+
+    try:
+        return load_run(run_dir)
+    except NotARunDir as error:
+        raise BadInput(str(error)) from error
 
 
 def _log_to(path: Path, console: bool) -> None:

@@ -1,0 +1,213 @@
+"""A run dir read back, as any outside tool could: run.json, population.json, the Parquet results
+and the run's git repository, nothing else. It works while the search runs (the results folder
+grows, population.json is replaced atomically) and after.
+
+`status`, `report`, `reproduce` and `diff` all start from `load_run`.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+
+from engine.repo import RunRepo
+from engine.rundir import CHECKPOINT, RUN_INFO
+from engine.store import TIMESTAMPS
+
+READ_ATTEMPTS = 5
+# Rows that never trained to the end: a refused proposal, and one the search stopped while it ran.
+NOT_TRAINED = ("rejected", "interrupted")
+
+
+class NotARunDir(ValueError):
+    """The folder holds no run (no run.json)."""
+
+
+class NoSuchChange(LookupError):
+    """The run has no such experiment, or no commit for it to show; the message says which."""
+
+
+@dataclass
+class RunData:
+    """One run dir as it is on disk at the moment it was read."""
+
+    path: Path
+    info: dict  # run.json
+    population: dict  # population.json; {} before the first result
+    rows: list[dict]  # every experiment in the order its result arrived; times as epoch seconds
+    _owners: dict[str, dict | None] = field(default_factory=dict, repr=False)
+
+    @property
+    def metric(self) -> str:
+        return self.info["objective"]["metric"]
+
+    @property
+    def direction(self) -> str:
+        return self.info["objective"]["direction"]
+
+    @cached_property
+    def repo(self) -> RunRepo:
+        return RunRepo(self.path / "repo.git")
+
+    @cached_property
+    def by_id(self) -> dict[str, dict]:
+        return {row["exp_id"]: row for row in self.rows}
+
+    @property
+    def kept(self) -> set[str]:
+        """The experiments that beat their parent (population.json's `kept`)."""
+        return set(self.population.get("kept", []))
+
+    @property
+    def promoted(self) -> list[str]:
+        """The exp ids promoted into the baseline, in order."""
+        return [member["exp_id"] for member in self.population.get("promotions", [])]
+
+    @property
+    def sigma(self) -> float | None:
+        """The noise measured on the starting code, once known."""
+        return self.population.get("noise", {}).get("sigma")
+
+    @cached_property
+    def start_commit(self) -> str | None:
+        """The commit of the starting code (the one every baseline noise run trained)."""
+        return next((r["commit"] for r in self.rows if r["kind"] == "baseline"), None)
+
+    @property
+    def start_objective(self) -> float | None:
+        """The starting code's score: the mean of its noise runs."""
+        runs = [r["objective"] for r in self.rows if r["kind"] == "baseline" and _scored(r)]
+        return statistics.fmean(runs) if runs else None
+
+    def is_better(self, candidate: float, reference: float) -> bool:
+        return candidate < reference if self.direction == "minimize" else candidate > reference
+
+    def committed(self, exp_id: str) -> dict:
+        """The row of `exp_id`, an experiment that has a commit; raises NoSuchChange when the
+        run has no such experiment, or only a proposal refused before it was committed."""
+        if exp_id not in self.by_id:
+            raise NoSuchChange(f"{self.path} has no experiment {exp_id}")
+        row = self.by_id[exp_id]
+        if not row["commit"]:
+            reason = row["message"].removeprefix("refused: ")
+            raise NoSuchChange(f"{exp_id} was refused before it was committed: {reason}")
+        return row
+
+    def change(self, exp_id: str) -> str:
+        """The unified diff of an experiment's commit against its parent's (a fresh-seed run of
+        a candidate shows the candidate's change). Raises NoSuchChange for an unknown id, a
+        refused proposal (never committed) and a run of the starting code (no parent)."""
+        row = self.committed(exp_id)
+        if row["kind"] == "confirm":
+            row = self._owner(row["commit"]) or row
+        if row["kind"] == "baseline" or not row["parent"]:
+            raise NoSuchChange(f"{exp_id} is a run of the starting code, which changes nothing")
+        return self.repo.diff(row["parent"], row["commit"])
+
+    def lineage(self, exp_id: str) -> list[dict]:
+        """The chain of changes from the starting code to `exp_id`, oldest first: the starting
+        code (exp_id "") and then each experiment with its objective and description."""
+        chain, row, seen = [], self.by_id.get(exp_id), set()
+        while row is not None and row["kind"] == "mutation" and row["exp_id"] not in seen:
+            seen.add(row["exp_id"])
+            chain.append(_step(row))
+            row = self._owner(row["parent"])
+        chain.append({"exp_id": "", "objective": self.start_objective,
+                      "description": "the starting code", "commit": self.start_commit or ""})
+        return chain[::-1]
+
+    def _owner(self, commit: str) -> dict | None:
+        """The mutation row that made `commit`; for a promotion's commit on the baseline branch
+        (an island reseeded from the baseline builds on it), the promoted winner's row; None for
+        the starting code or a commit the results do not know yet."""
+        if commit not in self._owners:
+            mutation = next((r for r in self.rows if r["commit"] == commit
+                             and r["kind"] == "mutation"), None)
+            if mutation is None and commit and commit != self.start_commit:
+                # A promotion commit has its winner's tree: the winner is the one it does not
+                # differ from (no two experiments share code, the driver refuses repeats).
+                mutation = next((self.by_id[exp_id] for exp_id in self.promoted
+                                 if exp_id in self.by_id
+                                 and not self.repo.diff(commit, self.by_id[exp_id]["commit"])),
+                                None)
+            self._owners[commit] = mutation
+        return self._owners[commit]
+
+
+def load_run(path: Path | str) -> RunData:
+    """Read the run dir at `path`; raises NotARunDir when it has no run.json."""
+    path = Path(path)
+    info_path = path / RUN_INFO
+    if not info_path.is_file():
+        raise NotARunDir(f"{path} is not a run dir (it has no run.json)")
+    checkpoint = path / CHECKPOINT
+    population = json.loads(checkpoint.read_text()) if checkpoint.is_file() else {}
+    return RunData(path, json.loads(info_path.read_text()), population,
+                   read_rows(path / "results"))
+
+
+def read_rows(folder: Path) -> list[dict]:
+    """Every row of a results folder (engine/store.py), once each, in the order they were
+    appended. The driver may merge parts while this reads: a part that vanished between listing
+    and reading makes it read again, and a row seen in two parts is kept once."""
+    for _ in range(READ_ATTEMPTS - 1):
+        try:
+            return _read_once(folder)
+        except (OSError, pa.ArrowInvalid):
+            continue  # a part was merged away while this read: list the folder again
+    return _read_once(folder)
+
+
+def trained(rows: list[dict]) -> list[dict]:
+    """The rows of experiments that ran to the end (whatever their status)."""
+    return [r for r in rows if r["status"] not in NOT_TRAINED]
+
+
+def promotion_tree(run: RunData) -> dict:
+    """The lineage tree of the promotions: the starting code at the root, each promoted
+    experiment under the chain of changes it descends from. A node is a dict with exp_id ("" for
+    the starting code), objective, description, promotion (its 1-based place in the order of
+    promotions, or None) and children."""
+    order = {exp_id: k for k, exp_id in enumerate(run.promoted, start=1)}
+    root = {"exp_id": "", "objective": run.start_objective, "description": "the starting code",
+            "promotion": None, "children": []}
+    nodes = {"": root}
+    for exp_id in run.promoted:
+        parent = root
+        for step in run.lineage(exp_id)[1:]:  # every lineage starts at the starting code
+            if step["exp_id"] not in nodes:
+                nodes[step["exp_id"]] = {
+                    "exp_id": step["exp_id"], "objective": step["objective"],
+                    "description": step["description"], "promotion": order.get(step["exp_id"]),
+                    "children": []}
+                parent["children"].append(nodes[step["exp_id"]])
+            parent = nodes[step["exp_id"]]
+    return root
+
+
+def _scored(row: dict) -> bool:
+    return row["status"] == "ok" and row["objective"] is not None
+
+
+def _step(row: dict) -> dict:
+    return {"exp_id": row["exp_id"], "objective": row["objective"],
+            "description": row["description"], "commit": row["commit"]}
+
+
+def _read_once(folder: Path) -> list[dict]:
+    # The part names carry the rows' sequence numbers, so sorted names are append order.
+    parts = sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []
+    if not parts:
+        return []
+    rows: dict[str, dict] = {}
+    for row in ds.dataset([str(p) for p in parts], format="parquet").to_table().to_pylist():
+        for name in TIMESTAMPS:
+            row[name] = row[name].timestamp() if row[name] is not None else None
+        rows.setdefault(row["exp_id"], row)
+    return list(rows.values())

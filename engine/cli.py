@@ -149,18 +149,15 @@ def search(task_dir: str, agents: int, budget: float | None, max_experiments: in
 def export(run_dir: str, target: str | None) -> None:
     """Copy the branches of the run in RUN_DIR into a git repository (by default the task's own),
     as autoresearch/RUN/baseline and autoresearch/RUN/island-K. Nothing else there changes."""
-    from engine.repo import GitError, RunRepo
+    from engine.repo import GitError
 
-    info_path = Path(run_dir) / "run.json"
-    if not info_path.is_file():
-        raise BadInput(f"{run_dir} is not a run dir (it has no run.json)")
-    info = json.loads(info_path.read_text())
+    run = _open_run(run_dir)
+    destination = target or run.info["task"]
     try:
-        names = RunRepo(Path(run_dir) / "repo.git").export(Path(target or info["task"]),
-                                                             info["run"])
+        names = run.repo.export(Path(destination), run.info["run"])
     except GitError as error:
         raise BadInput(str(error)) from error
-    click.echo(f"Exported {len(names)} branches into {target or info['task']}: "
+    click.echo(f"Exported {len(names)} branches into {destination}: "
                + ", ".join(names))
 
 

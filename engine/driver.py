@@ -399,6 +399,8 @@ class Search:
         write_checkpoint(self.run_dir, {
             "run": self.run_name, "submitted": self._submitted, "next_id": self._next_id,
             "fingerprint": self._fingerprint, "seen_code": sorted(self._seen_code),
+            "gpu": {"slots": self.state.slots, "busy_s": self.state.busy_s,
+                    "capacity_s": self.state.capacity_s},
             **self.population.to_dict(),
         })
 

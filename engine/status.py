@@ -22,6 +22,13 @@ def summarise(run: RunData) -> dict:
     end = last_result_at(run)
     elapsed = max(end - run.info["created"], 0.0)
     busy, at_once = busy_seconds(rows), max_at_once(rows)
+    # The driver's own accounting (GPU-seconds in experiments over GPU-seconds the cluster
+    # offered) where the checkpoint has it; else an estimate from the rows alone.
+    gpu = run.population.get("gpu", {})
+    if gpu.get("capacity_s"):
+        gpu_utilisation = gpu["busy_s"] / gpu["capacity_s"]
+    else:
+        gpu_utilisation = busy / (at_once * elapsed) if at_once and elapsed else None
     best = _best_member(run)
     best_row = run.by_id.get(best["exp_id"], {}) if best else {}
     return {
@@ -45,7 +52,8 @@ def summarise(run: RunData) -> dict:
         "experiments_per_hour": len(finished) / elapsed * 3600 if elapsed else None,
         "gpu_busy_s": busy,
         "at_once": at_once,
-        "gpu_utilisation": busy / (at_once * elapsed) if at_once and elapsed else None,
+        "slots": gpu.get("slots"),
+        "gpu_utilisation": gpu_utilisation,
         "cost_usd": sum(r["cost_usd"] for r in rows),
     }
 
@@ -115,7 +123,8 @@ def format_status(summary: dict, now: float | None = None) -> str:
         f"keep rate {_percent(summary['keep_rate'])} ({summary['kept']} kept)",
         f"{'-' if per_hour is None else f'{per_hour:,.1f}'} experiments/h",
         f"GPU utilisation {_percent(summary['gpu_utilisation'])} "
-        f"(of {summary['at_once']} at once)",
+        + (f"(of {summary['slots']} slots)" if summary["slots"]
+           else f"(of {summary['at_once']} at once)"),
         f"cost ${summary['cost_usd']:.2f}"]))
     return "\n".join(lines)
 

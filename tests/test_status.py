@@ -31,7 +31,15 @@ def test_status_counts_experiments_by_status_and_the_keep_rate_of_trained_change
     assert summary["cost_usd"] == 1.0
 
 
-def test_gpu_utilisation_is_busy_time_over_the_most_experiments_seen_at_once_and_elapsed():
+def test_gpu_utilisation_is_the_drivers_own_accounting_when_the_checkpoint_has_it():
+    run = hand_written([row(1), row(2)])
+    run.population["gpu"] = {"slots": 4, "busy_s": 30.0, "capacity_s": 40.0}
+    summary = summarise(run)
+    assert summary["gpu_utilisation"] == pytest.approx(0.75)
+    assert "GPU utilisation 75% (of 4 slots)" in format_status(summary)
+
+
+def test_without_that_accounting_utilisation_is_busy_time_over_most_seen_at_once_by_elapsed():
     rows = [row(1, started_at=T0, finished_at=T0 + 4),
             row(2, started_at=T0 + 1, finished_at=T0 + 3),
             row(3, started_at=T0 + 4, finished_at=T0 + 10)]

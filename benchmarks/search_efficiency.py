@@ -22,6 +22,7 @@ import argparse
 import os
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import ray
@@ -59,10 +60,10 @@ def sequential_greedy(task: Task, experiments: int, budget: float, seed: int) ->
 
 
 def engine_search(task: Task, experiments: int, budget: float, seed: int,
-                  workers: int) -> list[tuple]:
+                  workers: int) -> tuple[list[tuple], Counter, int]:
     """The engine with `workers` logical GPUs. Returns (seconds, objective or None) in finishing
-    order; objectives of confirmation and noise runs are left out of the best-so-far, as the
-    engine itself only counts promoted means."""
+    order, the experiments by kind, and the number of promotions. Objectives of confirmation and
+    noise runs are left out of the best-so-far: they re-run code, they are not new ideas."""
     start_ray(None, workers)
     try:
         with tempfile.TemporaryDirectory() as folder:
@@ -73,12 +74,14 @@ def engine_search(task: Task, experiments: int, budget: float, seed: int,
             started = time.time()
             search.run()
             rows = ResultStore(Path(folder) / "run" / "results", search._metric_columns()).rows()
+            promotions = len(search.population.promotions)
     finally:
         ray.shutdown()
     finished = sorted((r for r in rows if r["finished_at"]), key=lambda r: r["finished_at"])
-    return [(r["finished_at"] - started,
-             r["objective"] if r["status"] == "ok" and r["kind"] == "mutation" else None)
-            for r in finished]
+    timeline = [(r["finished_at"] - started,
+                 r["objective"] if r["status"] == "ok" and r["kind"] == "mutation" else None)
+                for r in finished]
+    return timeline, Counter(r["kind"] for r in finished), promotions
 
 
 def best_so_far(timeline: list[tuple]) -> list[float]:
@@ -99,7 +102,8 @@ def main() -> None:
     args = parser.parse_args()
     task = load_task(template_path())
     sequential = sequential_greedy(task, args.experiments, args.budget, args.seed)
-    parallel = engine_search(task, args.experiments, args.budget, args.seed, args.workers)
+    parallel, kinds, promotions = engine_search(task, args.experiments, args.budget, args.seed,
+                                                args.workers)
     target = best_so_far(sequential)[-1]
     reached = next((i for i, best in enumerate(best_so_far(parallel)) if best <= target), None)
     seq_wall, par_wall = sequential[-1][0], parallel[-1][0]
@@ -107,6 +111,8 @@ def main() -> None:
           f"seed {args.seed}; engine with {args.workers} workers")
     print(f"sequential greedy loop: {seq_wall:7.1f} s, final best {target:.4f}")
     print(f"engine:                 {par_wall:7.1f} s, final best {best_so_far(parallel)[-1]:.4f}")
+    print(f"engine experiments: {kinds['mutation']} new ideas, {kinds['baseline']} noise runs, "
+          f"{kinds['confirm']} confirmation runs; {promotions} promotions")
     print(f"wall-time ratio (sequential / engine, whole runs): {seq_wall / par_wall:.2f}")
     if reached is None:
         print("the engine did not reach the sequential loop's final best")

@@ -86,7 +86,6 @@ class SearchState:
     started_at: float
     slots: int = 0
     finished: int = 0
-    kept: int = 0
     by_status: dict[str, int] = field(default_factory=dict)
     busy_s: float = 0.0  # GPU-seconds spent in experiments
     capacity_s: float = 0.0  # GPU-seconds the cluster offered
@@ -308,7 +307,6 @@ class Search:
             self._deferred.append((experiment, row))
         else:
             self._judge(experiment, row)
-        self.state.kept = len(self.population.kept)
         self._write_derived()
 
     def _judge(self, experiment: Experiment, row: dict) -> None:

@@ -137,7 +137,7 @@ def search(task_dir: str, agents: int, budget: float | None, max_experiments: in
     else:
         with LiveView(run) as view:
             run.run(on_tick=view.tick)
-    click.echo(leaderboard(folder))
+    click.echo(leaderboard(_open_run(str(folder))))
     click.echo(f"Results: {folder}/results (Parquet), {folder}/results.tsv; "
                f"branches in {folder}/repo.git")
 

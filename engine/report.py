@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import time
 from html import escape
 from pathlib import Path
-
-import pyarrow.dataset as ds
 
 from engine.plots import draw_progress, draw_usage, progress, usage
 from engine.rundata import RunData, promotion_tree
@@ -42,11 +39,9 @@ ul.tree, ul.tree ul { list-style: none; padding-left: 1.4em; border-left: 1px do
 """
 
 
-def leaderboard(run_dir: Path, top: int = TOP) -> str:
+def leaderboard(run: RunData, top: int = TOP) -> str:
     """The best scored experiments of a run, and the gain over the starting code."""
-    info = json.loads((Path(run_dir) / "run.json").read_text())
-    metric, direction = info["objective"]["metric"], info["objective"]["direction"]
-    rows = ds.dataset(Path(run_dir) / "results", format="parquet").to_table().to_pylist()
+    rows, metric, direction = run.rows, run.metric, run.direction
     scored = [r for r in rows if r["status"] == "ok" and r["objective"] is not None]
     if not scored:
         return "No experiment has a score yet."

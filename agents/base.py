@@ -20,6 +20,9 @@ class Attempt:
     objective: float | None  # None when the experiment has no score
     parent_objective: float | None  # the score of the code it changed
     message: str = ""  # why it failed or was refused
+    diff: str = ""  # the change, as a unified diff against its parent
+    log_tail: str = ""  # the end of train.py's output, for crashes
+    exp_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,9 @@ class ProposalContext:
     parent_objective: float | None  # the parent's score (mean over its runs)
     baseline_objective: float | None  # the shared baseline's score
     history: tuple[Attempt, ...] = field(default=())  # the island's experiments, oldest first
+    protected: tuple[str, ...] = field(default=())  # files no edit may touch (the harness, ...)
+    leaderboard: tuple[Attempt, ...] = field(default=())  # the best kept changes, all islands
+    promotions: tuple[Attempt, ...] = field(default=())  # recent promotions, newest last
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import logging.handlers
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,6 +21,7 @@ from engine.spec import GoalFileError
 from engine.task import TaskError, init_task, load_task
 
 if TYPE_CHECKING:
+    from engine.driver import Search
     from engine.rundata import RunData
 
 
@@ -115,8 +117,6 @@ def search(task_dir: str, agents: int, budget: float | None, max_experiments: in
     """Search TASK_DIR with a population of agents on Ray, until a stop condition or Ctrl-C."""
     from engine.cluster import start_ray
     from engine.driver import Search, SearchOptions
-    from engine.live import LiveView
-    from engine.report import leaderboard
 
     task = load_task(task_dir)
     if model:
@@ -126,17 +126,69 @@ def search(task_dir: str, agents: int, budget: float | None, max_experiments: in
     if folder.exists() and any(folder.iterdir()):
         raise BadInput(f"{folder} already holds a run; choose another --run-dir")
     options = SearchOptions(agents=agents, budget_s=budget, max_experiments=max_experiments,
-                            hours=hours, target=target, seed=seed, noise_seeds=noise_seeds)
+                            hours=hours, target=target, seed=seed, noise_seeds=noise_seeds,
+                            agent=agent_name)
     for line in task.spec.not_enforced:
         click.echo(f"not enforced (kept for the agents): {line}", err=True)
     start_ray(address, gpus)
-    run = Search(task, folder, options, make_agents(agent_name, agents, seed))
+    _run_search(Search(task, folder, options, make_agents(agent_name, agents, seed)), quiet)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--max-experiments", type=click.IntRange(min=1),
+              help="Stop once the run has this many trained experiments in all.")
+@click.option("--hours", type=click.FloatRange(min=0, min_open=True),
+              help="Stop starting experiments this long after the resume.")
+@click.option("--target", type=float, help="Stop once the objective reaches this value.")
+@click.option("--address", help="An existing Ray cluster (e.g. auto); default: start Ray here.")
+@click.option("--gpus", type=click.IntRange(min=1),
+              help="Logical GPUs to declare when starting Ray here.")
+@click.option("--quiet", is_flag=True, help="No live view; log lines instead.")
+def resume(run_dir: str, max_experiments: int | None, hours: float | None,
+           target: float | None, address: str | None, gpus: int | None, quiet: bool) -> None:
+    """Continue the stopped search in RUN_DIR (Ctrl-C, a crash, a lost head node): the same
+    population, islands, baseline, noise and agents' histories, with the run's own options
+    unless given here. Experiments that were queued or running are run again; none that has a
+    result runs twice."""
+    from engine.cluster import start_ray
+    from engine.driver import Search
+    from engine.resume import BrokenRunDir, resumed_options, stopped_run
+
+    try:
+        task, info = stopped_run(run_dir)
+        options = resumed_options(info, max_experiments=max_experiments, hours=hours,
+                                  target=target)
+        agents = make_agents(options.agent, options.agents, options.seed)
+        search = Search.resume(task, Path(run_dir), options, agents)
+    except (BrokenRunDir, ValueError) as error:
+        raise BadInput(f"cannot resume {run_dir}: {error}") from error
+    finished = search.nothing_left()
+    if finished:
+        raise BadInput(f"{run_dir} is finished: {finished}")
+    for problem in search.problems:
+        click.echo(f"repaired: {problem}", err=True)
+    start_ray(address, gpus)
+    _run_search(search, quiet)
+
+
+def _run_search(search: Search, quiet: bool) -> None:
+    """Run a new or resumed search with the live view (or log lines), then print the
+    leaderboard."""
+    from engine.live import LiveView
+    from engine.report import leaderboard
+    from engine.rundir import RunDirUnwritable
+
+    folder = search.run_dir
     _log_to(folder / "driver.log", console=quiet)
-    if quiet:
-        run.run()
-    else:
-        with LiveView(run) as view:
-            run.run(on_tick=view.tick)
+    try:
+        if quiet:
+            search.run()
+        else:
+            with LiveView(search) as view:
+                search.run(on_tick=view.tick)
+    except RunDirUnwritable as error:
+        raise click.ClickException(str(error)) from error
     click.echo(leaderboard(_open_run(str(folder))))
     click.echo(f"Results: {folder}/results (Parquet), {folder}/results.tsv; "
                f"branches in {folder}/repo.git")
@@ -164,14 +216,43 @@ def export(run_dir: str, target: str | None) -> None:
 @main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-def status(run_dir: str, as_json: bool) -> None:
+@click.option("--verify", is_flag=True,
+              help="Check the run dir instead: replay the results and compare the branches, "
+                   "notes and journal with them; exit 1 when anything disagrees.")
+def status(run_dir: str, as_json: bool, verify: bool) -> None:
     """Where the search in RUN_DIR stands, while it runs or after: the best so far and its
     lineage, each island's head, experiments by status, keep rate, experiments per hour, GPU
     utilisation and cost."""
     from engine.status import format_status, summarise
 
+    if verify:
+        _verify(run_dir)
+        return
     summary = summarise(_open_run(run_dir))
     click.echo(json.dumps(summary) if as_json else format_status(summary))
+
+
+def _verify(run_dir: str) -> None:
+    """Replay the run without writing anything, and list what a resume would have to repair."""
+    from engine.driver import Search
+    from engine.resume import BrokenRunDir, resumed_options, stopped_run
+
+    try:
+        task, info = stopped_run(run_dir)
+        search = Search.resume(task, Path(run_dir), resumed_options(info), agents=[],
+                               write=False)
+    except (BrokenRunDir, ValueError) as error:
+        raise BadInput(f"cannot verify {run_dir}: {error}") from error
+    rows = len(search.store)
+    if not search.problems:
+        click.echo(f"{run_dir}: consistent ({rows} results; branches, notes and journal agree "
+                   "with them)")
+        return
+    for problem in search.problems:
+        click.echo(f"inconsistent: {problem}")
+    click.echo(f"{len(search.problems)} problems; `autoresearch resume` repairs the branches "
+               "and notes from the results.")
+    raise SystemExit(1)
 
 
 @main.command()
@@ -237,7 +318,9 @@ def _open_run(run_dir: str) -> RunData:
 
 
 def _log_to(path: Path, console: bool) -> None:
-    handlers: list[logging.Handler] = [logging.FileHandler(path)]
+    # Capped: a search of many nights must not fill the disk with its own log.
+    handlers: list[logging.Handler] = [
+        logging.handlers.RotatingFileHandler(path, maxBytes=20 * 2**20, backupCount=2)]
     if console:
         handlers.append(logging.StreamHandler())
     logging.basicConfig(level=logging.INFO, handlers=handlers,

@@ -14,6 +14,7 @@ The life of one experiment, as `Search.run` drives it:
 
 from __future__ import annotations
 
+import difflib
 import logging
 import random
 import time
@@ -26,9 +27,19 @@ from pathlib import Path
 from agents.base import Agent, Attempt, ProposalContext
 from engine.checks import Refused, apply_proposal, changes_only_a_seed, code_hash
 from engine.dispatch import Dispatcher, Job, RunFunction
+from engine.journal import Journal
 from engine.population import Decision, Member, Population
-from engine.repo import RunRepo, branch_name
-from engine.rundir import result_note, result_row, write_checkpoint, write_run_info
+from engine.repo import GitError, RunRepo, branch_name
+from engine.rundir import (
+    NOT_TRAINED,
+    RunDirUnwritable,
+    read_checkpoint,
+    read_run_info,
+    result_note,
+    result_row,
+    write_checkpoint,
+    write_run_info,
+)
 from engine.runner import run_experiment
 from engine.store import ResultStore
 from engine.task import Task
@@ -41,6 +52,8 @@ AGENT_RETRY_S = (1, 2, 5, 10, 30, 60)  # back-off after consecutive proposer fai
 # are durable one by one in the store, and these would cost O(run) per experiment.
 CHECKPOINT_EVERY_S = 1.0
 TSV_EVERY_S = 10.0
+LEADERBOARD_SHOWN = 8  # kept changes of all islands an agent sees
+PROMOTIONS_SHOWN = 5
 
 
 @dataclass
@@ -57,6 +70,10 @@ class SearchOptions:
     noise_seeds: int = 3
     confirm_seeds: int = 2
     surplus: int = 2  # proposals kept ready beyond the free GPUs
+    max_cost: float | None = None  # dollars the agents may spend; then they stop proposing
+    # The proposers, recorded so that a resume rebuilds the same ones (agents/__init__.py).
+    agent: str = "offline"
+    models: tuple[str, ...] = ()
 
 
 @dataclass
@@ -67,7 +84,7 @@ class Experiment:
     kind: str  # "baseline" (a noise run of the start), "mutation" or "confirm"
     island: int | None
     commit: str
-    parent: Member | None
+    parent: str  # the parent's commit ("" for the starting code's noise runs)
     files: dict[str, str]
     description: str
     seed: int
@@ -77,6 +94,12 @@ class Experiment:
     seed_only: bool = False
     cost_usd: float = 0.0
     tokens: int = 0
+    code: str = ""  # the hash of its editable files (mutations): duplicates stay refused
+
+    def journal_entry(self) -> dict:
+        """What the journal keeps of it: everything but the files, which its commit holds."""
+        return {name: value for name, value in asdict(self).items()
+                if name not in ("files", "started_at")}
 
 
 @dataclass
@@ -98,36 +121,68 @@ class SearchState:
 
 
 class Search:
-    """One search run: owns the population, the store and the run's git repository."""
+    """One search run: owns the population, the store, the journal and the run's git repository.
+
+    `Search(...)` starts a new run; `Search.resume(...)` reopens a stopped one."""
 
     def __init__(self, task: Task, run_dir: Path, options: SearchOptions,
                  agents: list[Agent], run: RunFunction = run_experiment) -> None:
+        self._open(task, run_dir, options, agents, run)
+        self.repo, start = RunRepo.create(
+            self.run_dir / "repo.git", task.files, f"start: {task.path.name}",
+            history_from=task.path)
+        self._begin_population(start)
+        for branch in [None, *range(options.agents)]:
+            self.repo.set_branch(branch_name(self.run_name, branch), start)
+        self._write_run_info(start)
+        for k in range(options.noise_seeds):
+            self._enqueue(Experiment(
+                self._new_id(), "baseline", None, start, "", task.files,
+                f"baseline (noise run {k + 1} of {options.noise_seeds})", options.seed + k,
+                "engine"))
+
+    @classmethod
+    def resume(cls, task: Task, run_dir: Path, options: SearchOptions, agents: list[Agent],
+               run: RunFunction = run_experiment, *, write: bool = True) -> Search:
+        """Reopen the stopped search in `run_dir`: replay its results, in the order they arrived,
+        into a fresh population (the same rules give the same islands, heads, baseline and
+        noise), move the branches and add the notes the results call for, and queue again every
+        journaled experiment that has no result. With `write=False` nothing is changed on disk:
+        `problems` then lists what a resume would have to repair (`status --verify`)."""
+        search = cls.__new__(cls)
+        search._open(task, run_dir, options, agents, run)
+        search.repo = RunRepo(search.run_dir / "repo.git")
+        info = read_run_info(search.run_dir)
+        search._begin_population(info["start_commit"])
+        search._replay(write)
+        return search
+
+    def _open(self, task: Task, run_dir: Path, options: SearchOptions, agents: list[Agent],
+              run: RunFunction) -> None:
         self.task, self.spec, self.options = task, task.spec, options
         self.run_dir = Path(run_dir)
         self.run_name = self.run_dir.name
         self.budget_s = options.budget_s or self.spec.time_budget_s
         self.agents = agents
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.repo, start_commit = RunRepo.create(
-            self.run_dir / "repo.git", task.files, f"start: {task.path.name}",
-            history_from=task.path)
         self.store = ResultStore(self.run_dir / "results", self._metric_columns())
-        self.population = Population(
-            self.spec.objective, Member(start_commit, dict(task.files), []), options.agents,
-            confirm_seeds=options.confirm_seeds, seed=options.seed)
-        for branch in [None, *range(options.agents)]:
-            self.repo.set_branch(branch_name(self.run_name, branch), start_commit)
-        self.dispatcher = Dispatcher(self.spec.gpus_per_experiment, run)
+        self.journal = Journal(self.run_dir)
         self.state = SearchState(started_at=time.time())
-        self._queue: deque[Experiment] = deque()  # committed, waiting for a GPU
+        self.dispatcher: Dispatcher | None = None  # made when the search runs: it needs Ray
+        self._run_function = run
+        self.problems: list[str] = []  # inconsistencies found (and repaired) on resume
+        self.ended: str | None = None  # why the search stopped, once it has
+        self._queue: deque[Experiment] = deque()  # committed and journaled, waiting for a GPU
         self._proposing: dict[int, Future] = {}  # island -> its agent's call in flight
         self._agent_failures: dict[int, int] = {}
         self._agent_resume_at: dict[int, float] = {}
-        self._seen_code = {code_hash(task.files, self.spec.editable_files)}
         self._deferred: list[tuple[Experiment, dict]] = []  # judged once the noise is known
         self._noise_outstanding = options.noise_seeds
+        self._scores: dict[str, list[float]] = {}  # commit -> its scores, for parents let go
+        self._spent_usd = 0.0
         self._submitted = 0
         self._draining = False  # a limit was reached: start nothing new
+        self._replaying = False
         self._checkpointed_at = self._exported_at = 0.0
         self._next_id = 0
         self._fingerprint: str | None = None
@@ -135,20 +190,23 @@ class Search:
         self.descriptions: dict[str, str] = {}  # exp id -> description, for the live view
         self._pool = ThreadPoolExecutor(max_workers=max(options.agents, 1),
                                         thread_name_prefix="agent")
-        self._write_run_info()
+
+    def _begin_population(self, start: str) -> None:
+        self.population = Population(
+            self.spec.objective, Member(start, dict(self.task.files), []), self.options.agents,
+            confirm_seeds=self.options.confirm_seeds, seed=self.options.seed)
+        self._seen_code = {code_hash(self.task.files, self.spec.editable_files)}
 
     # -- the loop ------------------------------------------------------------------------------
 
     def run(self, on_tick: Callable[[], None] | None = None) -> SearchState:
         """Search until a stop condition; Ctrl-C stops cleanly. `on_tick` is called on every turn
-        of the loop (the live view redraws from it). Returns the final state."""
-        start = self.population.baseline
-        for k in range(self.options.noise_seeds):
-            self._queue.append(Experiment(
-                self._new_id(), "baseline", None, start.commit, None, start.files,
-                f"baseline (noise run {k + 1} of {self.options.noise_seeds})",
-                self.options.seed + k, "engine"))
+        of the loop (the live view redraws from it). Returns the final state. Raises
+        RunDirUnwritable, after stopping cleanly, when the run dir can no longer be written."""
+        self.dispatcher = Dispatcher(self.spec.gpus_per_experiment, self._run_function)
+        self.state.started_at = time.time()
         last_tick = time.monotonic()
+        failure: Exception | None = None
         try:
             while not self._finished():
                 busy_from, before = time.monotonic(), self._progress()
@@ -171,13 +229,41 @@ class Search:
                     on_tick()
         except KeyboardInterrupt:
             log.warning("interrupted: recording the experiments in flight as interrupted")
+        except (OSError, GitError) as error:
+            failure = error
+            log.error("the run dir cannot be written (%s): stopping", error)
         finally:
-            self._stop()
+            self._stop(writable=failure is None)
+        if failure is not None:
+            raise RunDirUnwritable(
+                f"the run dir {self.run_dir} cannot be written ({failure}); the search stopped "
+                f"and what was already written is intact: make room, then `autoresearch resume "
+                f"{self.run_dir}`") from failure
         return self.state
+
+    def nothing_left(self) -> str | None:
+        """Why this (resumed) search has nothing left to do under its options, or None."""
+        options = self.options
+        if self._out_of_experiments():
+            return (f"it has run {self._submitted} experiments (--max-experiments "
+                    f"{options.max_experiments}); pass a larger --max-experiments to go on")
+        if self._out_of_money():
+            return (f"its agents have spent ${self._spent_usd:.2f} (--max-cost "
+                    f"{options.max_cost}); pass a larger --max-cost to go on")
+        if options.target is not None and self.population.ready and not (
+                self.spec.objective.is_better(options.target, self.population.best().objective)):
+            return f"it reached --target {options.target}; pass another --target to go on"
+        if self._noise_outstanding <= 0 and not self.population.ready:
+            return "its starting code has no score on any noise seed"
+        return None
 
     def _out_of_experiments(self) -> bool:
         limit = self.options.max_experiments
         return limit is not None and self._submitted >= limit
+
+    def _out_of_money(self) -> bool:
+        limit = self.options.max_cost
+        return limit is not None and self._spent_usd >= limit
 
     def _progress(self) -> tuple[int, int, int]:
         return len(self._queue) + len(self._proposing), self._submitted, self.state.finished
@@ -187,22 +273,31 @@ class Search:
         options, now = self.options, time.time()
         if self._noise_outstanding == 0 and not self.population.ready:
             log.error("the starting code has no score on any noise seed; see results.tsv")
+            self.ended = "the starting code has no score"
             return True
         if options.target is not None and self.population.ready and not (
                 self.spec.objective.is_better(options.target, self.population.best().objective)):
             log.info("target %s reached", options.target)
+            self.ended = f"target {options.target} reached"
             return True
-        out_of_time = options.hours is not None and (
-            now - self.state.started_at > options.hours * 3600)
-        if out_of_time or self._out_of_experiments():
-            self._draining = True  # nothing new starts; what runs may finish
+        if options.hours is not None and now - self.state.started_at > options.hours * 3600:
+            self._end(f"--hours {options.hours} elapsed")
+        if self._out_of_experiments():
+            self._end(f"--max-experiments {options.max_experiments} ran")
+        if self._out_of_money() and not self._queue and not self._proposing:
+            self._end(f"--max-cost {options.max_cost} spent")
         return self._draining and not self.dispatcher.running
+
+    def _end(self, reason: str) -> None:
+        """Nothing new starts; what runs may finish."""
+        self._draining = True
+        self.ended = self.ended or reason
 
     # -- proposals -----------------------------------------------------------------------------
 
     def _ask_agents(self, slots: int) -> None:
         """Keep one proposal in flight per island while fewer are ready than free GPUs + surplus."""
-        if self._draining:
+        if self._draining or self._out_of_money():
             return
         wanted = slots - len(self.dispatcher.running) + self.options.surplus
         now = time.time()
@@ -218,14 +313,31 @@ class Search:
             self._proposing[island] = future
 
     def _context(self, island: int, parent: Member) -> ProposalContext:
-        baseline = self.population.baseline
+        population = self.population
+        baseline = population.baseline
         return ProposalContext(
             island=island, goal=self.spec.text, files=dict(parent.files),
             editable=self.spec.editable_files, objective=self.spec.objective.metric,
             direction=self.spec.objective.direction,
             parent_objective=parent.objective if parent.runs else None,
             baseline_objective=baseline.objective if baseline.runs else None,
-            history=tuple(self.population.islands[island].history))
+            history=tuple(population.islands[island].history),
+            protected=self.spec.protected_files,
+            leaderboard=tuple(self._leaderboard()),
+            promotions=tuple(self._attempt_of(member)
+                             for member in population.promotions[-PROMOTIONS_SHOWN:]))
+
+    def _leaderboard(self) -> list[Attempt]:
+        """The best kept changes of every island, best first."""
+        members = {m.commit: m for island in self.population.islands
+                   for m in (island.head, *island.archive) if m.runs and m.exp_id}
+        ranked = sorted(members.values(), key=lambda m: m.objective,
+                        reverse=self.spec.objective.direction == "maximize")
+        return [self._attempt_of(m) for m in ranked[:LEADERBOARD_SHOWN]]
+
+    def _attempt_of(self, member: Member) -> Attempt:
+        return Attempt(self.descriptions.get(member.exp_id, ""), "ok", member.objective, None,
+                       exp_id=member.exp_id)
 
     def _take_proposals(self) -> None:
         """Check and commit every finished proposal; refused ones are recorded and fed back."""
@@ -235,8 +347,8 @@ class Search:
             del self._proposing[island]
             parent: Member = future.parent  # type: ignore[attr-defined]
             agent = self.agents[island]
-            experiment = Experiment(self._new_id(), "mutation", island, "", parent, parent.files,
-                                    "", self.options.seed, agent.name)
+            experiment = Experiment(self._new_id(), "mutation", island, "", parent.commit,
+                                    parent.files, "", self.options.seed, agent.name)
             try:
                 proposal = future.result()
             except Exception as error:  # noqa: BLE001 - an agent's failure never ends the search
@@ -249,6 +361,7 @@ class Search:
             self._agent_failures[island] = 0
             experiment.description = " ".join(proposal.description.split())[:300]
             experiment.cost_usd, experiment.tokens = proposal.cost_usd, proposal.tokens
+            self._spent_usd += proposal.cost_usd
             try:
                 files = apply_proposal(parent.files, proposal, self.spec)
                 digest = code_hash(files, self.spec.editable_files)
@@ -258,13 +371,21 @@ class Search:
                 self._record_rejected(experiment, f"refused: {refused}")
                 continue
             self._seen_code.add(digest)
-            self.descriptions[experiment.exp_id] = experiment.description
             changes = {name: files[name] for name in proposal.files if name in files}
-            experiment.files = files
+            experiment.files, experiment.code = files, digest
             experiment.seed_only = changes_only_a_seed(parent.files, files)
             experiment.commit = self.repo.commit(
                 parent.commit, changes,
                 f"{experiment.exp_id}: {experiment.description or '(no description)'}")
+            self._enqueue(experiment)
+
+    def _enqueue(self, experiment: Experiment, *, first: bool = False) -> None:
+        """Journal the experiment (durably: from now on a resume runs it), then queue it."""
+        self.journal.append(experiment.journal_entry())
+        self.descriptions[experiment.exp_id] = experiment.description
+        if first:
+            self._queue.appendleft(experiment)
+        else:
             self._queue.append(experiment)
 
     # -- dispatch ------------------------------------------------------------------------------
@@ -289,7 +410,14 @@ class Search:
         self._count(row)
         if experiment.commit:
             self.repo.add_note(experiment.commit, result_note(row, self.spec.objective.metric))
+        self._observe(experiment, row)
+        self._write_derived()
+
+    def _observe(self, experiment: Experiment, row: dict) -> None:
+        """Give one durable result to the population (live, or replayed on resume)."""
         objective = row["objective"] if row["status"] == "ok" else None
+        if objective is not None:
+            self._scores.setdefault(experiment.commit, []).append(objective)
         if experiment.kind == "baseline":
             if objective is not None and self._fingerprint is None:
                 self._fingerprint = row["data_fingerprint"] or None
@@ -307,51 +435,77 @@ class Search:
             self._deferred.append((experiment, row))
         else:
             self._judge(experiment, row)
-        self._write_derived()
 
     def _judge(self, experiment: Experiment, row: dict) -> None:
         objective = row["objective"] if row["status"] == "ok" else None
+        parent = self._parent(experiment)
         child = Member(experiment.commit, experiment.files,
                        [objective] if objective is not None else [], experiment.exp_id)
         attempt = Attempt(experiment.description, row["status"], objective,
-                          experiment.parent.objective if experiment.parent.runs else None,
-                          row["message"])
+                          parent.objective if parent.runs else None, row["message"],
+                          diff=_diff(parent.files, experiment.files), exp_id=experiment.exp_id,
+                          log_tail=row.get("log_tail") or "" if row["status"] == "crash" else "")
         self._apply(self.population.observe_child(
-            experiment.island, experiment.parent, child, attempt, seed_only=experiment.seed_only))
+            experiment.island, parent, child, attempt, seed_only=experiment.seed_only))
+
+    def _parent(self, experiment: Experiment) -> Member:
+        """The member an experiment changed: the population's own when it still holds it (its
+        runs and child count are what the rules read), else its commit with the scores it had."""
+        held = self.population.member(experiment.island, experiment.parent)
+        return held or Member(experiment.parent, {}, list(self._scores.get(experiment.parent, [])))
 
     def _apply(self, decisions: list[Decision]) -> None:
-        """Make the branches and the queue follow the population's decisions."""
+        """Make the branches and the queue follow the population's decisions. While replaying,
+        the branches are set once at the end and confirmations come back from the journal."""
         for decision in decisions:
             member, island = decision.member, decision.island
-            if decision.kind in ("advance", "reseed"):
+            if decision.kind in ("advance", "reseed") and not self._replaying:
                 self.repo.set_branch(branch_name(self.run_name, island), member.commit)
-            elif decision.kind == "confirm":
+            elif decision.kind == "confirm" and not self._replaying:
                 log.info("confirming %s on %d fresh seeds: %s", member.exp_id,
                          decision.confirm_seeds, decision.reason)
                 for _ in range(decision.confirm_seeds):
-                    self._queue.appendleft(Experiment(
-                        self._new_id(), "confirm", island, member.commit, None, member.files,
-                        f"confirm {member.exp_id}", self._rng.randrange(10**6, 10**9), "engine"))
+                    self._enqueue_confirmation(member, island)
             elif decision.kind == "promote":
-                baseline = branch_name(self.run_name, None)
-                merged = self.repo.merge_commit(
-                    member.commit, [self.repo.branch(baseline), member.commit],
-                    f"promote {member.exp_id}: {self.spec.objective.metric} "
-                    f"{member.objective:.6f} ({decision.reason})")
-                self.repo.set_branch(baseline, merged)
+                merged = self._promotion_commit(member, decision.reason)
                 self.population.rebase_baseline(merged)
+                self._scores[merged] = list(member.runs)
                 log.info("promoted %s: %s", member.exp_id, decision.reason)
             elif decision.kind == "reject_promotion":
                 log.info("not promoted %s: %s", member.exp_id, decision.reason)
+
+    def _enqueue_confirmation(self, member: Member, island: int) -> None:
+        self._enqueue(Experiment(
+            self._new_id(), "confirm", island, member.commit, member.commit, member.files,
+            f"confirm {member.exp_id}", self._rng.randrange(10**6, 10**9), "engine"), first=True)
+
+    def _promotion_commit(self, member: Member, reason: str) -> str:
+        """The merge commit that brings `member` onto the baseline branch: made now, or found on
+        the branch when replaying a promotion that was already made."""
+        baseline = branch_name(self.run_name, None)
+        if self._replaying and member.commit in self._merges:
+            return self._merges[member.commit]
+        if self._replaying and not self._writing:
+            self.problems.append(f"the promotion of {member.exp_id} is not on {baseline}")
+            return member.commit
+        merged = self.repo.merge_commit(
+            member.commit, [self.repo.branch(baseline), member.commit],
+            f"promote {member.exp_id}: {self.spec.objective.metric} "
+            f"{member.objective:.6f} ({reason})")
+        self.repo.set_branch(baseline, merged)
+        return merged
 
     def _record_rejected(self, experiment: Experiment, message: str) -> None:
         row = self._row(experiment, None, status="rejected", message=message)
         self.store.append(row)
         self._count(row)
-        parent = experiment.parent
+        self._remember_rejected(experiment, message)
+
+    def _remember_rejected(self, experiment: Experiment, message: str) -> None:
+        parent = self._parent(experiment)
         self.population.islands[experiment.island].history.append(Attempt(
             experiment.description, "rejected", None,
-            parent.objective if parent and parent.runs else None, message))
+            parent.objective if parent.runs else None, message, exp_id=experiment.exp_id))
 
     def _row(self, experiment: Experiment, outcome: dict | Exception | None, *,
              status: str | None = None, message: str = "") -> dict:
@@ -361,22 +515,110 @@ class Search:
     def _count(self, row: dict) -> None:
         state = self.state
         state.by_status[row["status"]] = state.by_status.get(row["status"], 0) + 1
-        if row["status"] != "rejected":
+        if row["status"] not in NOT_TRAINED:
             state.finished += 1
             if row.get("started_at") and row.get("finished_at"):
                 state.busy_s += row["finished_at"] - row["started_at"]
 
+    # -- resume --------------------------------------------------------------------------------
+
+    def _replay(self, write: bool) -> None:
+        """Rebuild the population from the rows and the journal (see `resume`)."""
+        entries = {entry["exp_id"]: entry for entry in self.journal.entries()}
+        rows = self.store.rows()
+        self._merges = self.repo.merges_on(branch_name(self.run_name, None))
+        self._replaying, self._writing = True, write
+        completed: set[str] = set()
+        for row in rows:
+            experiment = _experiment_from(entries.get(row["exp_id"], {}), row)
+            self._count(row)
+            self._spent_usd += row["cost_usd"] or 0.0
+            self.descriptions[row["exp_id"]] = row["description"]
+            if row["status"] == "rejected":
+                self._remember_rejected(experiment, row["message"])
+            elif row["status"] != "interrupted":
+                if row["exp_id"] in completed:
+                    self.problems.append(f"{row['exp_id']} has two results")
+                completed.add(row["exp_id"])
+                self._observe(experiment, row)
+        self._replaying = False
+        ids = [int(exp_id[1:]) for exp_id in [*entries, *(row["exp_id"] for row in rows)]]
+        self._next_id = max(ids, default=0)
+        self._submitted = len(completed)
+        self._seen_code |= {entry["code"] for entry in entries.values() if entry.get("code")}
+        checkpoint = read_checkpoint(self.run_dir)
+        self.state.capacity_s = checkpoint.get("gpu", {}).get("capacity_s", self.state.busy_s)
+        self._restore_files()
+        self._requeue([entry for exp_id, entry in entries.items() if exp_id not in completed])
+        self._check_branches(write)
+        self._check_notes(rows, write)
+
+    def _restore_files(self) -> None:
+        """Replayed members carry no code; give it back to the ones a decision may still use."""
+        for member in self.population.reachable():
+            if not member.files:
+                member.files = self.repo.files_at(member.commit)
+
+    def _requeue(self, unfinished: list[dict]) -> None:
+        """Queue again what was queued or in flight, and any confirmation runs the replayed
+        population waits for that the journal does not hold."""
+        waiting = self.population.confirming
+        for entry in unfinished:
+            if entry["kind"] == "confirm":
+                if waiting.get(entry["commit"], 0) <= 0:
+                    continue
+                waiting[entry["commit"]] -= 1
+            experiment = _experiment_from(entry, entry)
+            experiment.files = self.repo.files_at(experiment.commit)
+            self.descriptions[experiment.exp_id] = experiment.description
+            self._queue.append(experiment)
+        for commit, missing in waiting.items():
+            member = self.population.member(None, commit) or next(
+                m for m in self.population.reachable() if m.commit == commit)
+            island = next((i.index for i in self.population.islands
+                           if member in (i.head, *i.archive)), 0)
+            for _ in range(missing):
+                self._enqueue_confirmation(member, island)
+        if self._queue:
+            log.info("resume: %d experiments queued again", len(self._queue))
+
+    def _check_branches(self, write: bool) -> None:
+        expected = {branch_name(self.run_name, None): self.population.baseline.commit}
+        for island in self.population.islands:
+            expected[branch_name(self.run_name, island.index)] = island.head.commit
+        actual = self.repo.branches()
+        for name, commit in expected.items():
+            if actual.get(name) != commit:
+                self.problems.append(f"branch {name} is at {(actual.get(name) or 'nothing')[:12]}"
+                                     f", the results put it at {commit[:12]}")
+                if write:
+                    self.repo.set_branch(name, commit)
+
+    def _check_notes(self, rows: list[dict], write: bool) -> None:
+        noted, metric = self.repo.noted(), self.spec.objective.metric
+        for row in rows:
+            if row["commit"] and row["status"] not in NOT_TRAINED and row["commit"] not in noted:
+                self.problems.append(f"{row['exp_id']}'s commit has no note of its result")
+                if write:
+                    self.repo.add_note(row["commit"], result_note(row, metric))
+                    noted.add(row["commit"])
+
     # -- the run dir ---------------------------------------------------------------------------
 
-    def _stop(self) -> None:
-        """Record what was in flight as interrupted, and write everything."""
-        for experiment in self.dispatcher.cancel_all():
-            self.store.append(self._row(experiment, None, status="interrupted",
-                                        message="the search stopped while it ran"))
+    def _stop(self, writable: bool = True) -> None:
+        """Record what was in flight as interrupted, and write everything (what still can be
+        written, when the run dir failed)."""
         for future in self._proposing.values():
             future.cancel()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        in_flight = self.dispatcher.cancel_all() if self.dispatcher else []
         self.state.running = []
+        self.journal.close()
+        if not writable:
+            return
+        for experiment in in_flight:
+            self.store.append(self._row(experiment, None, status="interrupted",
+                                        message="the search stopped while it ran"))
         self._write_derived(now=True)
 
     def _write_derived(self, now: bool = False) -> None:
@@ -393,18 +635,19 @@ class Search:
                               self.population.kept)
 
     def _checkpoint(self) -> None:
-        """The population's state and the driver's counters (for `status` and `resume`)."""
+        """The population's state and the driver's counters, for `status` (resume replays the
+        results instead: they are durable one by one, this file only every second)."""
         write_checkpoint(self.run_dir, {
             "run": self.run_name, "submitted": self._submitted, "next_id": self._next_id,
-            "fingerprint": self._fingerprint, "seen_code": sorted(self._seen_code),
+            "fingerprint": self._fingerprint, "ended": self.ended, "spent_usd": self._spent_usd,
             "gpu": {"slots": self.state.slots, "busy_s": self.state.busy_s,
                     "capacity_s": self.state.capacity_s},
             **self.population.to_dict(),
         })
 
-    def _write_run_info(self) -> None:
+    def _write_run_info(self, start: str) -> None:
         write_run_info(self.run_dir, {
-            "run": self.run_name, "task": str(self.task.path.resolve()),
+            "run": self.run_name, "task": str(self.task.path.resolve()), "start_commit": start,
             "created": self.state.started_at, "options": asdict(self.options),
             "budget_s": self.budget_s, "objective": asdict(self.spec.objective),
             "not_enforced": list(self.spec.not_enforced),
@@ -418,3 +661,23 @@ class Search:
         self._next_id += 1
         return f"e{self._next_id:05d}"
 
+
+def _experiment_from(entry: dict, row: dict) -> Experiment:
+    """An experiment as the journal (or, for a refused proposal, its row) recorded it; its files
+    are filled in only where needed."""
+    return Experiment(
+        row["exp_id"], row["kind"], row["island"], row["commit"], row["parent"], {},
+        row["description"], row["seed"], row["agent"], queued_at=row["queued_at"],
+        seed_only=entry.get("seed_only", False), cost_usd=row["cost_usd"] or 0.0,
+        tokens=row["tokens"] or 0, code=entry.get("code", ""))
+
+
+def _diff(before: dict[str, str], after: dict[str, str]) -> str:
+    """The change between two versions of the files, as a unified diff."""
+    lines = []
+    for name in sorted(set(before) | set(after)):
+        old, new = before.get(name, ""), after.get(name, "")
+        if old != new:
+            lines += difflib.unified_diff(old.splitlines(keepends=True),
+                                          new.splitlines(keepends=True), f"a/{name}", f"b/{name}")
+    return "".join(lines)

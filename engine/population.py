@@ -232,6 +232,27 @@ class Population:
             "confirming": sorted(self._confirming),
         }
 
+    def member(self, island: int | None, commit: str) -> Member | None:
+        """The member with `commit` that the population still holds (its island first), if any."""
+        homes = ([self.islands[island]] if island is not None else []) + self.islands
+        for home in homes:
+            for member in (home.head, *home.archive):
+                if member.commit == commit:
+                    return member
+        return self.baseline if self.baseline.commit == commit else None
+
+    @property
+    def confirming(self) -> dict[str, int]:
+        """Candidates waiting for fresh-seed runs: commit -> runs still to come."""
+        return {commit: c.outstanding for commit, c in self._confirming.items()}
+
+    def reachable(self) -> list[Member]:
+        """Every member a later decision may use: the baseline, heads, archives, candidates."""
+        members = [self.baseline, *(c.member for c in self._confirming.values())]
+        for island in self.islands:
+            members += [island.head, *island.archive]
+        return members
+
     # -- helpers -------------------------------------------------------------------------------
 
     def _better(self, candidate: float, reference: float) -> bool:

@@ -137,6 +137,23 @@ class RunRepo:
         # Status 1 is git's "no note found for object"; a name git cannot resolve gives 128.
         return _decode(shown.stdout).removesuffix("\n") if shown.returncode == 0 else ""
 
+    def noted(self) -> set[str]:
+        """Every commit that has a note."""
+        listing = self._git("notes", f"--ref={NOTES_REF}", "list", ok=(0, 1))
+        return {line.split()[1] for line in listing.stdout.decode().splitlines() if line}
+
+    def merges_on(self, branch: str) -> dict[str, str]:
+        """Along the first parents of `branch`: each merged commit -> the merge commit that
+        brought it in (the promotions of a baseline branch)."""
+        listing = self._git("rev-list", "--first-parent", "--parents", f"refs/heads/{branch}",
+                            ok=(0, 128))
+        merges = {}
+        for line in listing.stdout.decode().splitlines():
+            shas = line.split()
+            if len(shas) == 3:
+                merges[shas[2]] = shas[0]
+        return merges
+
     def files_at(self, sha: str) -> dict[str, str]:
         """Every file of a commit (relative path -> text). Symbolic links and submodules are not
         files and are left out."""

@@ -17,12 +17,10 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from engine.repo import RunRepo
-from engine.rundir import CHECKPOINT, RUN_INFO
+from engine.rundir import CHECKPOINT, NOT_TRAINED, RUN_INFO
 from engine.store import TIMESTAMPS
 
 READ_ATTEMPTS = 5
-# Rows that never trained to the end: a refused proposal, and one the search stopped while it ran.
-NOT_TRAINED = ("rejected", "interrupted")
 
 
 class NotARunDir(ValueError):
@@ -153,9 +151,10 @@ def load_run(path: Path | str) -> RunData:
 
 
 def read_rows(folder: Path) -> list[dict]:
-    """Every row of a results folder (engine/store.py), once each, in the order they were
-    appended. The driver may merge parts while this reads: a part that vanished between listing
-    and reading makes it read again, and a row seen in two parts is kept once."""
+    """Every experiment's row of a results folder (engine/store.py), once each, in the order they
+    were appended; an experiment interrupted and run again after a resume has its last row. The
+    driver may merge parts while this reads: a part that vanished between listing and reading
+    makes it read again, and a row seen in two parts is kept once."""
     for _ in range(READ_ATTEMPTS - 1):
         try:
             return _read_once(folder)
@@ -209,5 +208,6 @@ def _read_once(folder: Path) -> list[dict]:
     for row in ds.dataset([str(p) for p in parts], format="parquet").to_table().to_pylist():
         for name in TIMESTAMPS:
             row[name] = row[name].timestamp() if row[name] is not None else None
-        rows.setdefault(row["exp_id"], row)
+        rows.pop(row["exp_id"], None)
+        rows[row["exp_id"]] = row
     return list(rows.values())

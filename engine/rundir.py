@@ -2,7 +2,8 @@
 reproduce need nothing else.
 
     RUN_DIR/run.json          the run: name, task folder, options, objective (written at start)
-    RUN_DIR/population.json   the population checkpoint, replaced atomically after every result
+    RUN_DIR/population.json   the population checkpoint, replaced atomically every second
+    RUN_DIR/journal.jsonl     every experiment queued, durably, before it runs (engine/journal.py)
     RUN_DIR/repo.git/         the run's git repository (engine/repo.py): every experiment a commit
     RUN_DIR/results/          one row per experiment, Parquet (engine/store.py)
     RUN_DIR/results.tsv       the same in the original autoresearch's columns
@@ -20,14 +21,30 @@ from pathlib import Path
 
 RUN_INFO = "run.json"
 CHECKPOINT = "population.json"
+# Rows that never trained to the end: a refused proposal, and one the search stopped while it ran.
+NOT_TRAINED = ("rejected", "interrupted")
+
+
+class RunDirUnwritable(RuntimeError):
+    """The run dir cannot be written (disk full, read-only, gone); the message says what to do."""
 
 
 def write_run_info(run_dir: Path, info: dict) -> None:
     write_atomically(Path(run_dir) / RUN_INFO, json.dumps(info, indent=1))
 
 
+def read_run_info(run_dir: Path) -> dict:
+    return json.loads((Path(run_dir) / RUN_INFO).read_text())
+
+
 def write_checkpoint(run_dir: Path, state: dict) -> None:
     write_atomically(Path(run_dir) / CHECKPOINT, json.dumps(state, indent=1))
+
+
+def read_checkpoint(run_dir: Path) -> dict:
+    """The last checkpoint, or {} before the first."""
+    path = Path(run_dir) / CHECKPOINT
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def result_row(experiment, outcome: dict | Exception | None, *, run: str, budget_s: float,
@@ -37,7 +54,7 @@ def result_row(experiment, outcome: dict | Exception | None, *, run: str, budget
     row = {
         "exp_id": experiment.exp_id, "run": run, "kind": experiment.kind,
         "island": experiment.island, "agent": experiment.agent, "commit": experiment.commit,
-        "parent": experiment.parent.commit if experiment.parent else "",
+        "parent": experiment.parent,
         "description": experiment.description, "seed": experiment.seed, "budget_s": budget_s,
         "queued_at": experiment.queued_at, "cost_usd": experiment.cost_usd,
         "tokens": experiment.tokens, "status": status, "message": message, "objective": None,

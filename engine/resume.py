@@ -1,0 +1,53 @@
+"""Reopening a stopped run dir: its task, rebuilt from the run's own git, and its options.
+
+The run dir is self-contained: `resume` and `status --verify` need neither the task folder nor
+the user's checkout, only run.json, the journal, the results and the run's repository.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from engine.driver import SearchOptions
+from engine.repo import GitError, RunRepo
+from engine.rundir import RUN_INFO, read_run_info
+from engine.spec import GOAL_FILE, GoalFileError, parse_goal_file
+from engine.task import Task
+
+
+class BrokenRunDir(ValueError):
+    """A folder that holds no resumable run; the message is one sentence."""
+
+
+def stopped_run(run_dir: Path | str) -> tuple[Task, dict]:
+    """The task the run started from (its goal file and files at the run's first commit) and
+    run.json. Raises BrokenRunDir, naming what is missing or damaged."""
+    folder = Path(run_dir)
+    if not (folder / RUN_INFO).is_file():
+        raise BrokenRunDir(f"{folder} holds no run to resume (no {RUN_INFO})")
+    try:
+        info = read_run_info(folder)
+        start = info["start_commit"]
+    except (json.JSONDecodeError, KeyError) as error:
+        raise BrokenRunDir(f"{folder / RUN_INFO} is damaged or from an older version "
+                           f"({type(error).__name__}: {error}); it cannot be resumed") from error
+    try:
+        files = RunRepo(folder / "repo.git").files_at(start)
+    except GitError as error:
+        raise BrokenRunDir(f"the run's git repository in {folder} is damaged or missing: "
+                           f"{error}") from error
+    try:
+        spec = parse_goal_file(files[GOAL_FILE])
+    except (KeyError, GoalFileError) as error:
+        raise BrokenRunDir(f"the run's first commit has no usable {GOAL_FILE}: {error}") from error
+    return Task(Path(info["task"]), spec, files), info
+
+
+def resumed_options(info: dict, **overrides) -> SearchOptions:
+    """The run's own options, with the given ones (those not None) in their place."""
+    known = {field.name for field in dataclasses.fields(SearchOptions)}
+    options = SearchOptions(**{k: v for k, v in info["options"].items() if k in known})
+    changes = {name: value for name, value in overrides.items() if value is not None}
+    return dataclasses.replace(options, **changes)

@@ -6,6 +6,7 @@ result of any status exits 0.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import logging.handlers
@@ -61,9 +62,16 @@ def init(directory: str) -> None:
               help="Training seconds (default: the goal file's training time).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed handed to train.py.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-def experiment(task_dir: str, budget: float | None, seed: int, as_json: bool) -> None:
+@click.option("--memory-limit", type=click.FloatRange(min=0, min_open=True), metavar="GB",
+              help="Kill an experiment whose processes use more memory than this, and record it "
+                   "as invalid (default: the goal file's Memory constraint, if any).")
+def experiment(task_dir: str, budget: float | None, seed: int, as_json: bool,
+               memory_limit: float | None) -> None:
     """Train the task in TASK_DIR once, as it is, and print the harness's score."""
     task = load_task(task_dir)
+    if memory_limit is not None:
+        task = dataclasses.replace(
+            task, spec=dataclasses.replace(task.spec, memory_limit_gb=memory_limit))
     if not as_json:
         click.echo(f"Training {task.path} for {budget or task.spec.time_budget_s:g} s ...",
                    err=True)
@@ -109,11 +117,14 @@ def experiment(task_dir: str, budget: float | None, seed: int, as_json: bool) ->
               help="Seed of the search: proposers, parent choice and experiment seeds.")
 @click.option("--noise-seeds", type=click.IntRange(min=2), default=3, show_default=True,
               help="Runs of the starting code on different seeds, to measure the noise.")
+@click.option("--memory-limit", type=click.FloatRange(min=0, min_open=True), metavar="GB",
+              help="Kill an experiment whose processes use more memory than this, and record it "
+                   "as invalid (default: the goal file's Memory constraint, if any).")
 @click.option("--quiet", is_flag=True, help="No live view; log lines instead.")
 def search(task_dir: str, agents: int, budget: float | None, max_experiments: int | None,
            hours: float | None, target: float | None, run_dir: str | None,
            address: str | None, gpus: int | None, agent_name: str, model: str | None,
-           seed: int, noise_seeds: int, quiet: bool) -> None:
+           seed: int, noise_seeds: int, memory_limit: float | None, quiet: bool) -> None:
     """Search TASK_DIR with a population of agents on Ray, until a stop condition or Ctrl-C."""
     from engine.cluster import start_ray
     from engine.driver import Search, SearchOptions
@@ -127,7 +138,7 @@ def search(task_dir: str, agents: int, budget: float | None, max_experiments: in
         raise BadInput(f"{folder} already holds a run; choose another --run-dir")
     options = SearchOptions(agents=agents, budget_s=budget, max_experiments=max_experiments,
                             hours=hours, target=target, seed=seed, noise_seeds=noise_seeds,
-                            agent=agent_name)
+                            agent=agent_name, memory_limit_gb=memory_limit)
     for line in task.spec.not_enforced:
         click.echo(f"not enforced (kept for the agents): {line}", err=True)
     start_ray(address, gpus)

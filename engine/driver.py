@@ -14,6 +14,7 @@ The life of one experiment, as `Search.run` drives it:
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import logging
 import random
@@ -71,6 +72,7 @@ class SearchOptions:
     confirm_seeds: int = 2
     surplus: int = 2  # proposals kept ready beyond the free GPUs
     max_cost: float | None = None  # dollars the agents may spend; then they stop proposing
+    memory_limit_gb: float | None = None  # per experiment; None: the goal file's, if any
     # The proposers, recorded so that a resume rebuilds the same ones (agents/__init__.py).
     agent: str = "offline"
     models: tuple[str, ...] = ()
@@ -159,7 +161,9 @@ class Search:
 
     def _open(self, task: Task, run_dir: Path, options: SearchOptions, agents: list[Agent],
               run: RunFunction) -> None:
-        self.task, self.spec, self.options = task, task.spec, options
+        self.task, self.options = task, options
+        self.spec = task.spec if options.memory_limit_gb is None else dataclasses.replace(
+            task.spec, memory_limit_gb=options.memory_limit_gb)
         self.run_dir = Path(run_dir)
         self.run_name = self.run_dir.name
         self.budget_s = options.budget_s or self.spec.time_budget_s

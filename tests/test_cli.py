@@ -39,6 +39,19 @@ def test_experiment_json_prints_one_object_with_status_and_objective(tmp_path):
     assert record["metrics"]["params"] == 858_880
 
 
+def test_experiment_memory_limit_kills_a_candidate_that_eats_memory(tmp_path):
+    autoresearch("init", tmp_path / "task")
+    (tmp_path / "task" / "train.py").write_text(
+        "import time\nhoard = []\nwhile True:\n    hoard.append(bytearray(50 * 2**20))\n"
+        "    time.sleep(0.01)\n")
+    ran = autoresearch("experiment", tmp_path / "task", "--budget", "20", "--memory-limit", "0.5",
+                       "--json")
+    assert ran.returncode == 0, ran.stderr
+    record = json.loads(ran.stdout)
+    assert record["status"] == "invalid"
+    assert "more than the memory limit of 0.5 GB" in record["message"]
+
+
 def test_experiment_exits_0_for_a_crashed_candidate(tmp_path):
     autoresearch("init", tmp_path / "task")
     (tmp_path / "task" / "train.py").write_text("1 / 0\n")

@@ -195,3 +195,25 @@ def test_the_live_view_shows_best_lineage_slots_rates_and_utilisation(tmp_path):
     assert "experiments 12 (ok 12" in text
     assert "GPU utilisation" in text and "keep rate" in text
     assert "slot" in text and "time left" in text
+
+
+class PricedAgent(ScriptedAgent):
+    """Harmless distinct edits at a price each, as an LLM's would be."""
+
+    def propose(self, context):
+        from dataclasses import replace
+
+        return replace(super().propose(context), cost_usd=0.01, tokens=1200)
+
+
+def test_the_agents_stop_proposing_once_max_cost_is_spent_and_the_queue_still_runs(tmp_path):
+    options = SearchOptions(agents=2, budget_s=0.2, max_experiments=100, max_cost=0.05)
+    search = Search(load_task(template_path()), tmp_path / "run", options,
+                    [PricedAgent([]), PricedAgent([])], run=null_experiment)
+    search.run()
+    rows = rows_of(search)
+    proposals = [r for r in rows if r["kind"] == "mutation"]
+    assert 5 <= len(proposals) <= 5 + 2, "agents went on proposing past the cost cap"
+    assert sum(r["cost_usd"] for r in rows) == pytest.approx(0.01 * len(proposals))
+    assert all(r["status"] == "ok" for r in proposals), "a paid-for proposal was not run"
+    assert search.ended == "--max-cost 0.05 spent"

@@ -115,6 +115,8 @@ class SearchState:
     busy_s: float = 0.0  # GPU-seconds spent in experiments
     capacity_s: float = 0.0  # GPU-seconds the cluster offered
     driver_s: float = 0.0  # the driver's own work, waits excluded
+    spent_usd: float = 0.0  # what the agents' proposals cost
+    finished_before: int = 0  # experiments finished before this process resumed the run
     running: list[Experiment] = field(default_factory=list)
 
     @property
@@ -183,7 +185,6 @@ class Search:
         self._deferred: list[tuple[Experiment, dict]] = []  # judged once the noise is known
         self._noise_outstanding = options.noise_seeds
         self._scores: dict[str, list[float]] = {}  # commit -> its scores, for parents let go
-        self._spent_usd = 0.0
         self._submitted = 0
         self._draining = False  # a limit was reached: start nothing new
         self._replaying = False
@@ -252,7 +253,7 @@ class Search:
             return (f"it has run {self._submitted} experiments (--max-experiments "
                     f"{options.max_experiments}); pass a larger --max-experiments to go on")
         if self._out_of_money():
-            return (f"its agents have spent ${self._spent_usd:.2f} (--max-cost "
+            return (f"its agents have spent ${self.state.spent_usd:.2f} (--max-cost "
                     f"{options.max_cost}); pass a larger --max-cost to go on")
         if options.target is not None and self.population.ready and not (
                 self.spec.objective.is_better(options.target, self.population.best().objective)):
@@ -267,7 +268,7 @@ class Search:
 
     def _out_of_money(self) -> bool:
         limit = self.options.max_cost
-        return limit is not None and self._spent_usd >= limit
+        return limit is not None and self.state.spent_usd >= limit
 
     def _progress(self) -> tuple[int, int, int]:
         return len(self._queue) + len(self._proposing), self._submitted, self.state.finished
@@ -365,7 +366,7 @@ class Search:
             self._agent_failures[island] = 0
             experiment.description = " ".join(proposal.description.split())[:300]
             experiment.cost_usd, experiment.tokens = proposal.cost_usd, proposal.tokens
-            self._spent_usd += proposal.cost_usd
+            self.state.spent_usd += proposal.cost_usd
             try:
                 files = apply_proposal(parent.files, proposal, self.spec)
                 digest = code_hash(files, self.spec.editable_files)
@@ -536,7 +537,7 @@ class Search:
         for row in rows:
             experiment = _experiment_from(entries.get(row["exp_id"], {}), row)
             self._count(row)
-            self._spent_usd += row["cost_usd"] or 0.0
+            self.state.spent_usd += row["cost_usd"] or 0.0
             self.descriptions[row["exp_id"]] = row["description"]
             if row["status"] == "rejected":
                 self._remember_rejected(experiment, row["message"])
@@ -548,7 +549,7 @@ class Search:
         self._replaying = False
         ids = [int(exp_id[1:]) for exp_id in [*entries, *(row["exp_id"] for row in rows)]]
         self._next_id = max(ids, default=0)
-        self._submitted = len(completed)
+        self._submitted = self.state.finished_before = len(completed)
         self._seen_code |= {entry["code"] for entry in entries.values() if entry.get("code")}
         checkpoint = read_checkpoint(self.run_dir)
         self.state.capacity_s = checkpoint.get("gpu", {}).get("capacity_s", self.state.busy_s)
@@ -643,7 +644,8 @@ class Search:
         results instead: they are durable one by one, this file only every second)."""
         write_checkpoint(self.run_dir, {
             "run": self.run_name, "submitted": self._submitted, "next_id": self._next_id,
-            "fingerprint": self._fingerprint, "ended": self.ended, "spent_usd": self._spent_usd,
+            "fingerprint": self._fingerprint, "ended": self.ended,
+            "spent_usd": self.state.spent_usd,
             "gpu": {"slots": self.state.slots, "busy_s": self.state.busy_s,
                     "capacity_s": self.state.capacity_s},
             **self.population.to_dict(),

@@ -26,17 +26,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from agents.base import Agent, Attempt, ProposalContext
+from engine.branches import Branches
 from engine.checks import Refused, apply_proposal, changes_only_a_seed, code_hash
 from engine.dispatch import Dispatcher, Job, RunFunction
 from engine.journal import Journal
 from engine.population import Decision, Member, Population
-from engine.repo import GitError, RunRepo, branch_name
+from engine.repo import GitError, RunRepo
 from engine.rundir import (
     NOT_TRAINED,
     RunDirUnwritable,
     read_checkpoint,
     read_run_info,
-    result_note,
     result_row,
     write_checkpoint,
     write_run_info,
@@ -135,9 +135,9 @@ class Search:
         self.repo, start = RunRepo.create(
             self.run_dir / "repo.git", task.files, f"start: {task.path.name}",
             history_from=task.path)
+        self.branches = Branches(self.repo, self.run_name, self.spec.objective.metric)
         self._begin_population(start)
-        for branch in [None, *range(options.agents)]:
-            self.repo.set_branch(branch_name(self.run_name, branch), start)
+        self.branches.start(options.agents, start)
         self._write_run_info(start)
         for k in range(options.noise_seeds):
             self._enqueue(Experiment(
@@ -156,6 +156,7 @@ class Search:
         search = cls.__new__(cls)
         search._open(task, run_dir, options, agents, run)
         search.repo = RunRepo(search.run_dir / "repo.git")
+        search.branches = Branches(search.repo, search.run_name, search.spec.objective.metric)
         info = read_run_info(search.run_dir)
         search._begin_population(info["start_commit"])
         search._replay(write)
@@ -187,7 +188,8 @@ class Search:
         self._scores: dict[str, list[float]] = {}  # commit -> its scores, for parents let go
         self._submitted = 0
         self._draining = False  # a limit was reached: start nothing new
-        self._replaying = False
+        self._replaying = False  # results come from the store, not from Ray (resume)
+        self._writing = True  # replaying may repair the branches (False: only verify)
         self._checkpointed_at = self._exported_at = 0.0
         self._next_id = 0
         self._fingerprint: str | None = None
@@ -413,8 +415,7 @@ class Search:
         row = self._row(experiment, outcome)
         self.store.append(row)
         self._count(row)
-        if experiment.commit:
-            self.repo.add_note(experiment.commit, result_note(row, self.spec.objective.metric))
+        self.branches.note(row)
         self._observe(experiment, row)
         self._write_derived()
 
@@ -461,44 +462,38 @@ class Search:
 
     def _apply(self, decisions: list[Decision]) -> None:
         """Make the branches and the queue follow the population's decisions. While replaying,
-        the branches are set once at the end and confirmations come back from the journal."""
+        the branches are reconciled once at the end and confirmations come from the journal."""
         for decision in decisions:
             member, island = decision.member, decision.island
             if decision.kind in ("advance", "reseed") and not self._replaying:
-                self.repo.set_branch(branch_name(self.run_name, island), member.commit)
+                self.branches.move_island(island, member.commit)
             elif decision.kind == "confirm" and not self._replaying:
                 log.info("confirming %s on %d fresh seeds: %s", member.exp_id,
                          decision.confirm_seeds, decision.reason)
                 for _ in range(decision.confirm_seeds):
                     self._enqueue_confirmation(member, island)
             elif decision.kind == "promote":
-                merged = self._promotion_commit(member, decision.reason)
+                merged = self._replayed_promotion(member) if self._replaying else None
+                merged = merged or self.branches.promote(member, decision.reason)
                 self.population.rebase_baseline(merged)
                 self._scores[merged] = list(member.runs)
                 log.info("promoted %s: %s", member.exp_id, decision.reason)
             elif decision.kind == "reject_promotion":
                 log.info("not promoted %s: %s", member.exp_id, decision.reason)
 
+    def _replayed_promotion(self, member: Member) -> str | None:
+        """The promotion's merge commit if it was made before the stop; None: make it now (on
+        `verify`, where nothing may be written, note it and go on from the winner itself)."""
+        made = self.branches.promotion_made(member)
+        if made is None and not self._writing:
+            self.problems.append(f"the promotion of {member.exp_id} is not on the baseline branch")
+            return member.commit
+        return made
+
     def _enqueue_confirmation(self, member: Member, island: int) -> None:
         self._enqueue(Experiment(
             self._new_id(), "confirm", island, member.commit, member.commit, member.files,
             f"confirm {member.exp_id}", self._rng.randrange(10**6, 10**9), "engine"), first=True)
-
-    def _promotion_commit(self, member: Member, reason: str) -> str:
-        """The merge commit that brings `member` onto the baseline branch: made now, or found on
-        the branch when replaying a promotion that was already made."""
-        baseline = branch_name(self.run_name, None)
-        if self._replaying and member.commit in self._merges:
-            return self._merges[member.commit]
-        if self._replaying and not self._writing:
-            self.problems.append(f"the promotion of {member.exp_id} is not on {baseline}")
-            return member.commit
-        merged = self.repo.merge_commit(
-            member.commit, [self.repo.branch(baseline), member.commit],
-            f"promote {member.exp_id}: {self.spec.objective.metric} "
-            f"{member.objective:.6f} ({reason})")
-        self.repo.set_branch(baseline, merged)
-        return merged
 
     def _record_rejected(self, experiment: Experiment, message: str) -> None:
         row = self._row(experiment, None, status="rejected", message=message)
@@ -531,7 +526,6 @@ class Search:
         """Rebuild the population from the rows and the journal (see `resume`)."""
         entries = {entry["exp_id"]: entry for entry in self.journal.entries()}
         rows = self.store.rows()
-        self._merges = self.repo.merges_on(branch_name(self.run_name, None))
         self._replaying, self._writing = True, write
         completed: set[str] = set()
         for row in rows:
@@ -555,8 +549,7 @@ class Search:
         self.state.capacity_s = checkpoint.get("gpu", {}).get("capacity_s", self.state.busy_s)
         self._restore_files()
         self._requeue([entry for exp_id, entry in entries.items() if exp_id not in completed])
-        self._check_branches(write)
-        self._check_notes(rows, write)
+        self.problems += self.branches.reconcile(self.population, rows, write=write)
 
     def _restore_files(self) -> None:
         """Replayed members carry no code; give it back to the ones a decision may still use."""
@@ -586,27 +579,6 @@ class Search:
                 self._enqueue_confirmation(member, island)
         if self._queue:
             log.info("resume: %d experiments queued again", len(self._queue))
-
-    def _check_branches(self, write: bool) -> None:
-        expected = {branch_name(self.run_name, None): self.population.baseline.commit}
-        for island in self.population.islands:
-            expected[branch_name(self.run_name, island.index)] = island.head.commit
-        actual = self.repo.branches()
-        for name, commit in expected.items():
-            if actual.get(name) != commit:
-                self.problems.append(f"branch {name} is at {(actual.get(name) or 'nothing')[:12]}"
-                                     f", the results put it at {commit[:12]}")
-                if write:
-                    self.repo.set_branch(name, commit)
-
-    def _check_notes(self, rows: list[dict], write: bool) -> None:
-        noted, metric = self.repo.noted(), self.spec.objective.metric
-        for row in rows:
-            if row["commit"] and row["status"] not in NOT_TRAINED and row["commit"] not in noted:
-                self.problems.append(f"{row['exp_id']}'s commit has no note of its result")
-                if write:
-                    self.repo.add_note(row["commit"], result_note(row, metric))
-                    noted.add(row["commit"])
 
     # -- the run dir ---------------------------------------------------------------------------
 

@@ -7,9 +7,15 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import io
+import re
+import tokenize
 
 from agents.base import Proposal
 from engine.spec import Spec
+
+# What a line that only reseeds or swaps a random generator mentions.
+_RANDOMNESS = re.compile(r"seed|rng|random|generator", re.IGNORECASE)
 
 
 class Refused(ValueError):
@@ -46,12 +52,35 @@ def code_hash(files: dict[str, str], editable: tuple[str, ...]) -> str:
 
 
 def changes_only_a_seed(parent: dict[str, str], child: dict[str, str]) -> bool:
-    """Whether every changed line mentions a seed: such a child can only win on noise."""
-    changed_lines = []
+    """Whether every changed line of code is about randomness (a seed, a random generator):
+    such a child can only win on noise. Comments and blank lines do not count, so a note beside a
+    new seed does not hide it; a false alarm costs only a confirmation run."""
+    changed: list[str] = []
     for name in sorted(set(parent) | set(child)):
-        before, after = parent.get(name, "").splitlines(), child.get(name, "").splitlines()
-        for line in difflib.unified_diff(before, after, lineterm="", n=0):
-            if line[:1] in "+-" and not line.startswith(("+++", "---")):
-                changed_lines.append(line[1:])
-    meaningful = [line for line in changed_lines if line.strip()]
-    return bool(meaningful) and all("seed" in line.lower() for line in meaningful)
+        before = _code_lines(name, parent.get(name, ""))
+        after = _code_lines(name, child.get(name, ""))
+        matcher = difflib.SequenceMatcher(a=before, b=after, autojunk=False)
+        for tag, first, last, new_first, new_last in matcher.get_opcodes():
+            if tag != "equal":
+                changed += before[first:last] + after[new_first:new_last]
+    return bool(changed) and all(_RANDOMNESS.search(line) for line in changed)
+
+
+def _code_lines(name: str, text: str) -> list[str]:
+    """The non-blank lines of a file, without their comments where it is Python."""
+    if name.endswith(".py"):
+        text = _without_comments(text)
+    return [line.rstrip() for line in text.splitlines() if line.strip()]
+
+
+def _without_comments(source: str) -> str:
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
+    except (tokenize.TokenError, SyntaxError):
+        return source
+    lines = source.splitlines()
+    for token in reversed(tokens):
+        if token.type == tokenize.COMMENT:
+            row, column = token.start
+            lines[row - 1] = lines[row - 1][:column]
+    return "\n".join(lines)

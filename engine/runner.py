@@ -17,12 +17,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import BinaryIO
+
+import psutil
 
 from engine.spec import HARNESS_FILE, Spec
 
@@ -30,6 +36,12 @@ STATUSES = ("ok", "crash", "timeout", "invalid")
 LOG_TAIL_LINES = 40
 EVAL_TIMEOUT_S = 600.0
 SUPERVISOR = Path(__file__).with_name("supervise.py")
+# Limits on a candidate's process tree beyond the spec's: a training program needs a few dozen
+# processes and a few MB of output; more is a fork bomb or a print in a hot loop.
+MAX_PROCESSES = 1024
+MAX_LOG_BYTES = 256 * 2**20
+READ_LIMIT_BYTES = 64 * 2**20  # of a file the candidate wrote (its progress), read by the runner
+POLL_S = 0.2  # how often the runner looks at the supervisor and at train.py's progress
 
 
 @dataclass
@@ -53,6 +65,18 @@ class ExperimentResult:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class Progress:
+    """One training step as train.py reported it (prepare.report), while it trains."""
+
+    step: int
+    loss: float  # the training loss of that step
+    elapsed_s: float  # seconds since train.py reported its first step, by train.py's clock
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
 def default_grace_s(budget_s: float) -> float:
     """Time allowed past the budget for start-up, data loading and the hand-over."""
     return max(20.0, 0.2 * budget_s)
@@ -67,13 +91,16 @@ def run_experiment(
     grace_s: float | None = None,
     expected_fingerprint: str | None = None,
     env: dict[str, str] | None = None,
+    on_progress: ProgressCallback | None = None,
 ) -> ExperimentResult:
     """Train the task given by `files` once and score it.
 
     `files` maps relative paths to contents (train.py, prepare.py, program.md, ...).
     `expected_fingerprint`, when given, is the data fingerprint of an earlier experiment: an
     evaluation against other data is invalid. `env` adds variables for train.py (for example
-    CUDA_VISIBLE_DEVICES or OMP_NUM_THREADS).
+    CUDA_VISIBLE_DEVICES or OMP_NUM_THREADS). `on_progress`, when given, is called with every
+    step train.py reports, while it trains, from this thread; whatever it raises stops the
+    training (its whole process tree is killed) and ends this call.
     """
     budget = float(budget_s if budget_s is not None else spec.time_budget_s)
     grace = default_grace_s(budget) if grace_s is None else grace_s
@@ -93,6 +120,7 @@ def run_experiment(
             [sys.executable, "train.py"], cwd=work, env=training_env,
             deadline_s=budget + grace, memory_limit_gb=spec.memory_limit_gb,
             log_path=Path(tmp, "train.log"), report_path=Path(tmp, "train.report.json"),
+            on_poll=_ProgressReader(progress_path, on_progress) if on_progress else None,
         )
         result.train_wall_s, result.left_behind = train["wall_s"], train["left_behind"]
         result.log_tail = _tail(Path(tmp, "train.log"))
@@ -105,10 +133,20 @@ def run_experiment(
         if train["outcome"] == "memory":
             return _fail(result, "invalid", f"train.py used more than the memory limit of "
                                              f"{spec.memory_limit_gb:g} GB and was killed")
+        if train["outcome"] == "supervisor killed":
+            return _fail(result, "crash", "the supervisor of train.py was killed (by train.py, "
+                                           "or from outside); train.py died with it, processes "
+                                           "it started may still run")
+        if train["outcome"] == "processes":
+            return _fail(result, "invalid", f"train.py ran more than {MAX_PROCESSES} processes "
+                                             "at once and was killed")
+        if train["outcome"] == "log":
+            return _fail(result, "invalid", f"train.py printed more than "
+                                             f"{MAX_LOG_BYTES / 2**20:g} MB and was killed")
         if train["exit_code"] != 0:
             return _fail(result, "crash", f"train.py exited with status {train['exit_code']}: "
                                            f"{_last_line(result.log_tail)}")
-        if not model_path.is_file():
+        if not _is_plain_file(model_path):
             return _fail(result, "crash", "train.py ended without handing a model to the "
                                            "harness (prepare.hand_over)")
         # Nothing of the candidate runs any more: write the harness afresh, over whatever the
@@ -184,21 +222,97 @@ def _base_env(extra: dict[str, str] | None) -> dict[str, str]:
 
 
 def _supervised(command: list[str], *, cwd: Path, env: dict[str, str], deadline_s: float,
-                memory_limit_gb: float | None, log_path: Path, report_path: Path) -> dict:
-    """Run `command` under engine/supervise.py and return its report."""
-    supervisor = [sys.executable, str(SUPERVISOR), str(report_path), repr(deadline_s),
-                  repr(memory_limit_gb or 0.0), str(log_path), "--", *command]
-    # The supervisor kills the tree at the deadline; the outer timeout only guards against the
-    # supervisor itself hanging.
-    subprocess.run(supervisor, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                   timeout=deadline_s + 60, check=True)
+                memory_limit_gb: float | None, log_path: Path, report_path: Path,
+                on_poll: Callable[[], None] | None = None) -> dict:
+    """Run `command` under engine/supervise.py and return its report, calling `on_poll` every
+    POLL_S while it runs and once after."""
+    supervisor = [sys.executable, str(SUPERVISOR), "--report", str(report_path),
+                  "--log", str(log_path), "--deadline", repr(deadline_s),
+                  "--memory-gb", repr(memory_limit_gb or 0.0),
+                  "--max-processes", str(MAX_PROCESSES), "--max-log-bytes", str(MAX_LOG_BYTES),
+                  "--", *command]
+    process = subprocess.Popen(supervisor, cwd=cwd, env=env, stdin=subprocess.DEVNULL)
+    # A loop rather than a blocking wait, so that a cancelled Ray task or an exception from
+    # `on_poll` stops the training here. The supervisor kills the tree at the deadline; the
+    # outer limit only guards against the supervisor itself hanging.
+    started = time.monotonic()
+    given_up_at = started + deadline_s + 60
+    try:
+        while process.poll() is None:
+            if time.monotonic() > given_up_at:
+                raise subprocess.TimeoutExpired(supervisor, deadline_s + 60)
+            if on_poll:
+                on_poll()
+            time.sleep(POLL_S)
+        if on_poll:
+            on_poll()
+    except BaseException:
+        _kill_supervised(process)
+        raise
+    if process.returncode < 0:  # a signal: the candidate (same user) or the machine killed it
+        return {"outcome": "supervisor killed", "exit_code": None, "peak_rss_gb": 0.0,
+                "wall_s": time.monotonic() - started, "left_behind": 0}
+    if process.returncode != 0:
+        raise subprocess.CalledProcessError(process.returncode, supervisor)
     return json.loads(report_path.read_text())
+
+
+def _kill_supervised(process: subprocess.Popen) -> None:
+    """Kill the supervisor and everything under it; its children would outlive it otherwise."""
+    try:
+        tree = psutil.Process(process.pid).children(recursive=True)
+    except psutil.Error:
+        tree = []
+    for member in (process, *tree):
+        try:
+            member.kill()
+        except (psutil.Error, ProcessLookupError):
+            pass
+    process.wait()
+
+
+class _ProgressReader:
+    """Hands each step train.py appends to its progress file to a callback, as it appears."""
+
+    def __init__(self, path: Path, callback: ProgressCallback) -> None:
+        self.path, self.callback = path, callback
+        self.offset = 0  # bytes already read: only whole lines are consumed
+        self.first_time: float | None = None
+
+    def __call__(self) -> None:
+        progress = _open_regular(self.path)
+        if progress is None:
+            return
+        with progress:
+            progress.seek(self.offset)
+            chunk = progress.read(READ_LIMIT_BYTES)
+        whole = chunk[: chunk.rfind(b"\n") + 1]
+        self.offset += len(whole)
+        for line in whole.decode(errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if not (isinstance(record, dict) and _is_number(record.get("loss"))
+                    and _is_number(record.get("time")) and _is_number(record.get("step"))):
+                continue
+            if self.first_time is None:
+                self.first_time = float(record["time"])
+            self.callback(Progress(int(record["step"]), float(record["loss"]),
+                                   float(record["time"]) - self.first_time))
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _read_progress(path: Path) -> tuple[list[float], float | None]:
     losses, peak_cuda_gb = [], None
-    if path.is_file():
-        for line in path.read_text(errors="replace").splitlines():
+    progress = _open_regular(path)
+    if progress is not None:
+        with progress:
+            text = progress.read(READ_LIMIT_BYTES).decode(errors="replace")
+        for line in text.splitlines():
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
@@ -225,10 +339,32 @@ def _stability(losses: list[float], window: int = 10, spike_ratio: float = 1.5) 
     return {"steps": float(len(losses)), "final_train_loss": final, "loss_spikes": float(spikes)}
 
 
-def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
-    if not path.is_file():
+def _tail(path: Path, lines: int = LOG_TAIL_LINES, limit_bytes: int = 64 * 1024) -> str:
+    """The last `lines` lines of a log, read from its last `limit_bytes` only."""
+    log = _open_regular(path)
+    if log is None:
         return ""
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    with log:
+        log.seek(max(0, log.seek(0, os.SEEK_END) - limit_bytes))
+        return "\n".join(log.read().decode(errors="replace").splitlines()[-lines:])
+
+
+def _is_plain_file(path: Path) -> bool:
+    """A regular file, not a link (to /dev/zero, a pipe, a file elsewhere) the candidate left."""
+    return path.is_file() and not path.is_symlink()
+
+
+def _open_regular(path: Path) -> BinaryIO | None:
+    """`path` open for reading if it is a regular file and not a link; None otherwise. Opened
+    without blocking, so that a pipe the candidate swaps in at any moment cannot hang the runner."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+        os.close(descriptor)
+        return None
+    return os.fdopen(descriptor, "rb")
 
 
 def _last_line(text: str) -> str:

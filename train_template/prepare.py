@@ -78,25 +78,14 @@ def prepare() -> dict:
     summary_path = folder / "summary.json"
     if summary_path.exists():
         return json.loads(summary_path.read_text())
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    splits = {"train": bytearray(), "val": bytearray()}
-    for path in _source_files():
-        name = path.relative_to(stdlib).as_posix()
-        bucket = int(hashlib.sha1(name.encode()).hexdigest(), 16) % VAL_EVERY
-        splits["val" if bucket == 0 else "train"] += path.read_bytes() + b"\n\n"
-    if len(splits["val"]) < EVAL_BYTES + 1:
-        raise RuntimeError(f"the validation split has only {len(splits['val'])} bytes")
-    summary = {
-        "train_bytes": len(splits["train"]),
-        "val_bytes": len(splits["val"]),
-        "fingerprint": _fingerprint(bytes(splits["train"]), bytes(splits["val"])),
-    }
+    splits = _build_splits()
+    summary = _summary(splits)
     # Several experiments may start on a fresh machine at once: build aside, then rename.
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = folder.with_name(f"{folder.name}.{os.getpid()}.tmp")
     staging.mkdir(exist_ok=True)
     for split, data in splits.items():
-        (staging / f"{split}.bin").write_bytes(bytes(data))
+        (staging / f"{split}.bin").write_bytes(data)
     (staging / "summary.json").write_text(json.dumps(summary))
     try:
         staging.rename(folder)
@@ -105,6 +94,45 @@ def prepare() -> dict:
             child.unlink()
         staging.rmdir()
     return summary
+
+
+def _build_splits() -> dict[str, bytes]:
+    """The train and validation splits, from the standard library's source (a few tens of ms)."""
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    splits = {"train": bytearray(), "val": bytearray()}
+    for path in _source_files():
+        name = path.relative_to(stdlib).as_posix()
+        bucket = int(hashlib.sha1(name.encode()).hexdigest(), 16) % VAL_EVERY
+        splits["val" if bucket == 0 else "train"] += path.read_bytes() + b"\n\n"
+    if len(splits["val"]) < EVAL_BYTES + 1:
+        raise RuntimeError(f"the validation split has only {len(splits['val'])} bytes")
+    return {split: bytes(data) for split, data in splits.items()}
+
+
+def _summary(splits: dict[str, bytes]) -> dict:
+    return {
+        "train_bytes": len(splits["train"]),
+        "val_bytes": len(splits["val"]),
+        "fingerprint": _fingerprint(splits["train"], splits["val"]),
+    }
+
+
+def _repair_cache(splits: dict[str, bytes]) -> bool:
+    """Whether the cache, where there is one, still holds `splits`; a cache that does not (a
+    candidate rewrote or deleted part of it) is rewritten file by file, each replaced whole, so
+    that later experiments train on the true data again."""
+    folder = cache_dir()
+    if not folder.is_dir():
+        return True
+    files = {f"{split}.bin": data for split, data in splits.items()}
+    files["summary.json"] = json.dumps(_summary(splits)).encode()
+    changed = [name for name, data in files.items()
+               if not (folder / name).is_file() or (folder / name).read_bytes() != data]
+    for name in changed:
+        staging = folder / f".{name}.{os.getpid()}.tmp"
+        staging.write_bytes(files[name])
+        staging.replace(folder / name)
+    return not changed
 
 
 def _fingerprint(train: bytes, val: bytes) -> str:
@@ -208,10 +236,12 @@ def evaluate(model_path: str) -> dict:
     parameters = _count_parameters(exported)
     if not _is_causal(model, device):
         return {"valid": False, "reason": "the model looks at future bytes", "params": parameters}
-    # The fingerprint of the bytes actually read: the engine compares it across experiments, so
-    # a candidate that rewrote this machine's cached data is caught.
-    train_bytes, val_bytes = _read_split("train"), _read_split("val")
-    val = _as_tokens(val_bytes)[: EVAL_BYTES + 1]
+    # Scored on splits built afresh from the source, not on the cache train.py read (and could
+    # rewrite). A cache that no longer holds them is repaired and the model refused; the
+    # fingerprint lets the engine compare the data across experiments and machines.
+    splits = _build_splits()
+    intact = _repair_cache(splits)
+    val = _as_tokens(splits["val"])[: EVAL_BYTES + 1]
     inputs = val[:-1].view(-1, EVAL_SEQ_LEN)
     targets = val[1:].view(-1, EVAL_SEQ_LEN)
     total_nats = 0.0
@@ -231,6 +261,9 @@ def evaluate(model_path: str) -> dict:
     if not math.isfinite(val_bpb):
         return {"valid": False, "reason": "the model's predictions are not finite",
                 "params": parameters}
+    refusal = {} if intact else {
+        "valid": False, "reason": "the task's data changed during the experiment (its cache was "
+                                  "rebuilt)"}
     return {
         "valid": True,
         "val_bpb": val_bpb,
@@ -238,7 +271,8 @@ def evaluate(model_path: str) -> dict:
         "inference_tokens_per_s": EVAL_BYTES / seconds,
         "params": parameters,
         "eval_device": device,
-        "data_fingerprint": _fingerprint(train_bytes, val_bytes),
+        "data_fingerprint": _fingerprint(splits["train"], splits["val"]),
+        **refusal,
     }
 
 

@@ -14,11 +14,12 @@ import random
 import re
 import time
 
-from engine.runner import ExperimentResult
+from engine.runner import ExperimentResult, Progress, ProgressCallback
 from engine.spec import Spec
 
 OPTIMUM = {"LEARNING_RATE": 0.01, "BATCH_SIZE": 32, "N_EMBD": 128, "WARMUP_FRACTION": 0.05}
 NOISE = 0.01
+REPORTS = 4  # training losses reported over the budget, for early stopping to read
 _CONSTANT = re.compile(r"^([A-Z_]+) = ([-+0-9.e]+)", re.M)
 
 
@@ -31,11 +32,16 @@ def landscape(source: str) -> float:
 
 def null_experiment(files: dict[str, str], spec: Spec, seed: int, budget_s: float | None = None,
                     *, grace_s: float | None = None, expected_fingerprint: str | None = None,
-                    env: dict[str, str] | None = None) -> ExperimentResult:
-    """Sleep for the budget, then score `train.py` on the landscape with noise drawn from `seed`."""
+                    env: dict[str, str] | None = None,
+                    on_progress: ProgressCallback | None = None) -> ExperimentResult:
+    """Sleep for the budget, then score `train.py` on the landscape with noise drawn from `seed`.
+    On the way it reports a training loss that falls towards that score, as train.py would."""
     budget = spec.time_budget_s if budget_s is None else budget_s
-    time.sleep(budget)
     objective = landscape(files.get("train.py", "")) + random.Random(seed).gauss(0, NOISE)
+    for step in range(1, REPORTS + 1):
+        time.sleep(budget / REPORTS)
+        if on_progress is not None:
+            on_progress(Progress(step, objective + 1.0 / step, step * budget / REPORTS))
     return ExperimentResult(status="ok", objective=objective, seed=seed, budget_s=budget,
                             metrics={spec.objective.metric: objective}, train_wall_s=budget,
                             data_fingerprint="null")

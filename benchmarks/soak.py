@@ -38,7 +38,6 @@ from benchmarks.null_experiment import null_experiment
 from engine.cli import _log_to
 from engine.cluster import start_ray
 from engine.driver import Search, SearchOptions
-from engine.runner import ExperimentResult, Progress
 from engine.task import load_task, template_path
 
 PARTS = ("results", "repo.git", "tune", "population.json", "results.tsv", "journal.jsonl",
@@ -69,15 +68,6 @@ class SoakAgent:
             train = _RATE.sub(f"LEARNING_RATE = {rate:.6g}", train)
             return Proposal(f"learning rate {rate:.6g}", {"train.py": train})
         return Proposal(f"variant {self.made}", {"train.py": train})
-
-
-def null_trial(files: dict[str, str], *args, on_progress=None, **options) -> ExperimentResult:
-    """A null experiment that also reports one training step, as the tuning of winners (Optuna
-    trials under ASHA) expects of the runner; null_experiment takes no `on_progress`."""
-    result = null_experiment(files, *args, **options)
-    if on_progress is not None:
-        on_progress(Progress(0, result.objective, result.train_wall_s))
-    return result
 
 
 def part_size(path: Path) -> tuple[int, int]:
@@ -158,7 +148,7 @@ def soak(minutes: float, gpus: int, length: float, every_s: float, islands: int,
             options = SearchOptions(agents=islands, budget_s=length, hours=minutes / 60,
                                     surplus=max(4, gpus // 4))
             search = Search(load_task(template_path()), run_dir, options,
-                            [SoakAgent(k) for k in range(islands)], run=null_trial)
+                            [SoakAgent(k) for k in range(islands)], run=null_experiment)
             _log_to(run_dir / "driver.log", console=False)
             watcher = Watcher(search, every_s)
             print(f"{minutes:g} minutes of null experiments of {length:g} s on {gpus} logical "

@@ -20,6 +20,8 @@ def start_ray(address: str | None, gpus: int | None, cpus: int | None = None) ->
     if address:
         ray.init(address=address, logging_level="WARNING", log_to_driver=False)
     else:
-        ray.init(num_gpus=gpus, num_cpus=cpus, logging_level="WARNING", log_to_driver=False,
+        # "local": a new Ray here, even where RAY_ADDRESS or a running cluster would be joined.
+        ray.init(address="local", num_gpus=gpus, num_cpus=cpus, logging_level="WARNING",
+                 log_to_driver=False,
                  include_dashboard=False,
                  _system_config={"num_workers_soft_limit": WORKERS_SOFT_LIMIT})

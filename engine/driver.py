@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import logging
 import random
 import time
@@ -30,6 +31,7 @@ from engine.branches import Branches
 from engine.checks import Refused, apply_proposal, changes_only_a_seed, code_hash
 from engine.dispatch import Dispatcher, Job, RunFunction
 from engine.journal import Journal
+from engine.knobs import describe_tuning
 from engine.population import Decision, Member, Population
 from engine.repo import GitError, RunRepo
 from engine.rundir import (
@@ -44,6 +46,7 @@ from engine.rundir import (
 from engine.runner import run_experiment
 from engine.store import ResultStore
 from engine.task import Task
+from engine.tuning import Refinement, TrialOutcome
 
 log = logging.getLogger("autoresearch")
 
@@ -55,6 +58,9 @@ CHECKPOINT_EVERY_S = 1.0
 TSV_EVERY_S = 10.0
 LEADERBOARD_SHOWN = 8  # kept changes of all islands an agent sees
 PROMOTIONS_SHOWN = 5
+TUNING_DONE = "done"  # marks a finished refinement in its folder: no code is tuned twice
+TUNING_STOP_S = 15.0  # what a stop waits for the trials in flight to end
+PACK_EVERY = 2000  # experiments between two packings of the run's git objects
 
 
 @dataclass
@@ -73,9 +79,13 @@ class SearchOptions:
     surplus: int = 2  # proposals kept ready beyond the free GPUs
     max_cost: float | None = None  # dollars the agents may spend; then they stop proposing
     memory_limit_gb: float | None = None  # per experiment; None: the goal file's, if any
+    tune_trials: int = 12  # Optuna trials per refinement of a winner's knobs; 0: no tuning
+    tune_every: int | None = None  # also refine the baseline after this many results
+    tune_share: float = 0.25  # of the GPUs, at most, for tuning trials (never all of them)
     # The proposers, recorded so that a resume rebuilds the same ones (agents/__init__.py).
     agent: str = "offline"
     models: tuple[str, ...] = ()
+    context_tokens: int | None = None
 
 
 @dataclass
@@ -184,6 +194,13 @@ class Search:
         self._agent_failures: dict[int, int] = {}
         self._agent_resume_at: dict[int, float] = {}
         self._deferred: list[tuple[Experiment, dict]] = []  # judged once the noise is known
+        self._refinement: Refinement | None = None  # the knob tuning running now, if any
+        self._tuning: tuple[Member, int] | None = None  # the member it tunes, and its island
+        self._tune_wanted: tuple[Member, int] | None = None  # the next member to tune
+        self._trials_recorded: set[str] = set()  # Tune trial ids with a row
+        self._best_trial: dict[str, float] = {}  # tuned commit -> best trial score so far
+        self._since_tuning = 0  # results since the last refinement started (--tune-every)
+        self._baseline_island = 0  # the island the baseline came from
         self._noise_outstanding = options.noise_seeds
         self._scores: dict[str, list[float]] = {}  # commit -> its scores, for parents let go
         self._submitted = 0
@@ -197,6 +214,7 @@ class Search:
         self.descriptions: dict[str, str] = {}  # exp id -> description, for the live view
         self._pool = ThreadPoolExecutor(max_workers=max(options.agents, 1),
                                         thread_name_prefix="agent")
+        self._packing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="git-pack")
 
     def _begin_population(self, start: str) -> None:
         self.population = Population(
@@ -219,9 +237,11 @@ class Search:
                 busy_from, before = time.monotonic(), self._progress()
                 slots, threads = self.dispatcher.refresh()
                 self.state.slots = slots
-                self._ask_agents(slots)
+                self._tend_tuning(slots, threads)
+                free = slots - (self._refinement.slots_wanted if self._refinement else 0)
+                self._ask_agents(free)
                 self._take_proposals()
-                self._submit(slots, threads)
+                self._submit(free, threads)
                 driver_s = time.monotonic() - busy_from
                 outcomes = self.dispatcher.wait(timeout_s=0.05)
                 busy_from = time.monotonic()
@@ -293,7 +313,7 @@ class Search:
             self._end(f"--max-experiments {options.max_experiments} ran")
         if self._out_of_money() and not self._queue and not self._proposing:
             self._end(f"--max-cost {options.max_cost} spent")
-        return self._draining and not self.dispatcher.running
+        return self._draining and not self.dispatcher.running and self._refinement is None
 
     def _end(self, reason: str) -> None:
         """Nothing new starts; what runs may finish."""
@@ -408,15 +428,80 @@ class Search:
             self._submitted += 1
         self.state.running = self.dispatcher.running
 
+    # -- tuning --------------------------------------------------------------------------------
+
+    def _tend_tuning(self, slots: int, threads: int) -> None:
+        """Record the trials that ended; start tuning a winner when one waits and none runs."""
+        refinement = self._refinement
+        if refinement is not None:
+            done = refinement.done  # read first: every trial that ended before is drained next
+            for trial in refinement.finished_trials():
+                self._record_trial(trial)
+            if done:
+                if not self._draining:
+                    (refinement.path / TUNING_DONE).touch()
+                self._refinement = None
+            elif self._draining:
+                refinement.stop(timeout_s=0)  # trials in flight run again after a resume
+            return
+        every = self.options.tune_every
+        if (every and self._tune_wanted is None and self._since_tuning >= every
+                and self.options.tune_trials and self.population.ready):
+            self._tune_wanted = (self.population.baseline, self._baseline_island)
+        if self._tune_wanted is not None and not self._draining:
+            self._tuning, self._tune_wanted = self._tune_wanted, None
+            self._since_tuning = 0
+            self._refinement = self._start_refinement(*self._tuning, slots, threads)
+
+    def _start_refinement(self, member: Member, island: int, slots: int,
+                          threads: int) -> Refinement | None:
+        name = f"tune-{member.exp_id or 'start'}"
+        concurrency = min(max(int(slots * self.options.tune_share), 1), slots - 1)
+        if concurrency < 1 or (self.run_dir / "tune" / name / TUNING_DONE).exists():
+            return None  # one GPU is the agents'; and no code is tuned twice
+        try:
+            refinement = Refinement(
+                name, member.files, self.spec, self.run_dir, trials=self.options.tune_trials,
+                concurrency=concurrency, seed=self.options.seed, budget_s=self.budget_s,
+                grace_s=self.options.grace_s, expected_fingerprint=self._fingerprint,
+                threads=threads, gpus_per_trial=self.spec.gpus_per_experiment,
+                run=self._run_function, recorded=self._trials_recorded)
+        except ValueError as error:  # no knobs, or an annotation it cannot read
+            log.warning("not tuning %s: %s", member.exp_id or "the starting code", error)
+            return None
+        log.info("tuning %s: %d trials, %d at once, knobs %s", member.exp_id, refinement.trials,
+                 concurrency, ", ".join(refinement.start_values))
+        return refinement.start()
+
+    def _record_trial(self, trial: TrialOutcome) -> None:
+        """A trial is an experiment like any other: a commit, a row, a note, a judgement."""
+        member, island = self._tuning
+        changes = {name: text for name, text in trial.files.items()
+                   if member.files.get(name) != text}
+        description = describe_tuning(self._refinement.start_values, trial.values)
+        experiment = Experiment(self._new_id(), "tune", island, member.commit, member.commit,
+                                trial.files, description, self.options.seed, "optuna",
+                                code=code_hash(trial.files, self.spec.editable_files))
+        if changes:
+            experiment.commit = self.repo.commit(member.commit, changes,
+                                                 f"{experiment.exp_id}: {description}")
+        self._seen_code.add(experiment.code)
+        self.descriptions[experiment.exp_id] = description
+        self._submitted += 1
+        self._handle(experiment, trial.outcome, trial=trial.trial_id,
+                     knobs=json.dumps(trial.values))
+
     # -- results -------------------------------------------------------------------------------
 
-    def _handle(self, experiment: Experiment, outcome: dict | Exception) -> None:
+    def _handle(self, experiment: Experiment, outcome: dict | Exception, **columns) -> None:
         """Record the result durably, then let the population decide, then move the branches."""
-        row = self._row(experiment, outcome)
+        row = {**self._row(experiment, outcome), **columns}
         self.store.append(row)
         self._count(row)
         self.branches.note(row)
         self._observe(experiment, row)
+        if len(self.store) % PACK_EVERY == 0:
+            self._packing.submit(self.repo.pack)  # seconds of git work, off the loop
         self._write_derived()
 
     def _observe(self, experiment: Experiment, row: dict) -> None:
@@ -437,12 +522,16 @@ class Search:
                 self._deferred.clear()
         elif experiment.kind == "confirm":
             self._apply(self.population.observe_confirmation(experiment.commit, objective))
+        elif experiment.kind == "tune":
+            self._trials_recorded.add(row["trial"])
+            self._judge_trial(experiment, row)
         elif self._noise_outstanding > 0:
             self._deferred.append((experiment, row))
         else:
+            self._since_tuning += 1
             self._judge(experiment, row)
 
-    def _judge(self, experiment: Experiment, row: dict) -> None:
+    def _judge(self, experiment: Experiment, row: dict, confirm_because: str = "") -> None:
         objective = row["objective"] if row["status"] == "ok" else None
         parent = self._parent(experiment)
         child = Member(experiment.commit, experiment.files,
@@ -452,7 +541,23 @@ class Search:
                           diff=_diff(parent.files, experiment.files), exp_id=experiment.exp_id,
                           log_tail=row.get("log_tail") or "" if row["status"] == "crash" else "")
         self._apply(self.population.observe_child(
-            experiment.island, parent, child, attempt, seed_only=experiment.seed_only))
+            experiment.island, parent, child, attempt, seed_only=experiment.seed_only,
+            confirm_because=confirm_because))
+
+    def _judge_trial(self, experiment: Experiment, row: dict) -> None:
+        """A tuning trial is judged like a mutation only when it beats its member and every
+        earlier trial of the same tuning; then it is confirmed on fresh seeds before any
+        promotion, since the best of many noisy trials flatters itself."""
+        objective = row["objective"] if row["status"] == "ok" else None
+        if objective is None or experiment.commit == experiment.parent:
+            return
+        parent = self._parent(experiment)
+        best = self._best_trial.get(experiment.parent, parent.objective if parent.runs else None)
+        if best is not None and not self.spec.objective.is_better(objective, best):
+            return
+        self._best_trial[experiment.parent] = objective
+        self._judge(experiment, row, confirm_because="the best of its tuning trials so far: "
+                                                     "chosen among many, so confirmed")
 
     def _parent(self, experiment: Experiment) -> Member:
         """The member an experiment changed: the population's own when it still holds it (its
@@ -477,6 +582,9 @@ class Search:
                 merged = merged or self.branches.promote(member, decision.reason)
                 self.population.rebase_baseline(merged)
                 self._scores[merged] = list(member.runs)
+                self._baseline_island = island
+                if self.options.tune_trials:
+                    self._tune_wanted = (member, island)
                 log.info("promoted %s: %s", member.exp_id, decision.reason)
             elif decision.kind == "reject_promotion":
                 log.info("not promoted %s: %s", member.exp_id, decision.reason)
@@ -588,6 +696,9 @@ class Search:
         for future in self._proposing.values():
             future.cancel()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._packing.shutdown(wait=True)
+        if self._refinement is not None:
+            self._refinement.stop(timeout_s=TUNING_STOP_S)  # unfinished trials rerun on resume
         in_flight = self.dispatcher.cancel_all() if self.dispatcher else []
         self.state.running = []
         self.journal.close()
@@ -596,6 +707,9 @@ class Search:
         for experiment in in_flight:
             self.store.append(self._row(experiment, None, status="interrupted",
                                         message="the search stopped while it ran"))
+        if self._refinement is not None:
+            for trial in self._refinement.finished_trials():
+                self._record_trial(trial)
         self._write_derived(now=True)
 
     def _write_derived(self, now: bool = False) -> None:
@@ -617,6 +731,7 @@ class Search:
         write_checkpoint(self.run_dir, {
             "run": self.run_name, "submitted": self._submitted, "next_id": self._next_id,
             "fingerprint": self._fingerprint, "ended": self.ended,
+            "tuning": self._refinement.name if self._refinement else None,
             "spent_usd": self.state.spent_usd,
             "gpu": {"slots": self.state.slots, "busy_s": self.state.busy_s,
                     "capacity_s": self.state.capacity_s},

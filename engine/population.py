@@ -136,8 +136,13 @@ class Population:
     # -- judging results ------------------------------------------------------------------------
 
     def observe_child(self, island: int, parent: Member, child: Member, attempt: Attempt, *,
-                      seed_only: bool) -> list[Decision]:
-        """A mutation's result. `child.runs` is empty unless it has a score."""
+                      seed_only: bool, confirm_because: str = "") -> list[Decision]:
+        """A mutation's result. `child.runs` is empty unless it has a score. A child whose only
+        change is a seed, or that comes with a `confirm_because` (the best of many tuning
+        trials: chosen among many, so its score flatters it), is confirmed on fresh seeds before
+        it is promoted, however far ahead it looks."""
+        if seed_only:
+            confirm_because = "only its seed or random generator changed"
         home = self.islands[island]
         home.history.append(attempt)
         parent.children += 1
@@ -153,7 +158,7 @@ class Population:
             home.head, home.stale = child, 0
             decisions.append(Decision("advance", island, child))
         if self._better(child.objective, self.baseline.objective):
-            decisions += self._toward_promotion(island, child, seed_only)
+            decisions += self._toward_promotion(island, child, confirm_because)
         return self._maybe_reseed(home, decisions)
 
     def observe_confirmation(self, commit: str, objective: float | None) -> list[Decision]:
@@ -169,17 +174,18 @@ class Population:
         del self._confirming[commit]
         return self._decide_promotion(pending.member, pending.island)
 
-    def _toward_promotion(self, island: int, child: Member, seed_only: bool) -> list[Decision]:
+    def _toward_promotion(self, island: int, child: Member,
+                          confirm_because: str) -> list[Decision]:
         sigma = self.sigma or MIN_SIGMA
         margin = self.z * sigma * math.sqrt(1 + 1 / len(self.baseline.runs))
         advantage = abs(child.objective - self.baseline.objective)
-        if advantage > margin and not seed_only:
+        if advantage > margin and not confirm_because:
             return self._promote(island, child, f"beats the baseline by {advantage:.4g} "
                                                 f"(margin {margin:.4g})")
         if child.commit in self._confirming:
             return []
         self._confirming[child.commit] = _Confirmation(child, island, self.confirm_seeds)
-        reason = "only its seed changed" if seed_only else (
+        reason = confirm_because or (
             f"beats the baseline by {advantage:.4g}, within the noise margin {margin:.4g}")
         return [Decision("confirm", island, child, self.confirm_seeds, reason)]
 

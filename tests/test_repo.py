@@ -118,6 +118,15 @@ def test_a_commit_moves_no_branch(run):
     assert repo.branches() == {"autoresearch/r/baseline": first}
 
 
+def test_packing_keeps_every_commit_even_those_no_branch_holds(run):
+    repo, first = run
+    unkept = [repo.commit(first, {"train.py": f"lr = {k}\n"}, f"try {k}") for k in range(5)]
+    repo.pack()
+    assert not [p for p in (repo.path / "objects").glob("??/*")], "loose objects remain"
+    for k, sha in enumerate(unkept):
+        assert repo.files_at(sha)["train.py"] == f"lr = {k}\n"
+
+
 def test_paths_outside_the_task_are_refused(run):
     repo, first = run
     for name in ("../evil.py", "/etc/passwd", ".git/config", "a//b.py", "./train.py", ""):

@@ -138,9 +138,12 @@ class RunRepo:
         return _decode(shown.stdout).removesuffix("\n") if shown.returncode == 0 else ""
 
     def pack(self) -> None:
-        """Put the loose objects into one pack, keeping every object (runs make thousands of
-        small commits; loose, they cost 7 files each). Safe while commits are being made."""
-        self._git("repack", "-a", "-d", "-q", "--keep-unreachable")
+        """Put every loose object into a new pack, unreachable ones too (runs make thousands of
+        small commits that no branch keeps; loose, they cost 7 files each). Safe while commits
+        are being made: an object is deleted only once a pack holds it."""
+        listing = self._git("cat-file", "--batch-all-objects", "--batch-check=%(objectname)")
+        self._git("pack-objects", "-q", "--unpacked", str(self.path / "objects" / "pack" / "pack"),
+                  input=listing.stdout)
         self._git("prune-packed", "-q")
 
     def noted(self) -> set[str]:

@@ -1,132 +1,55 @@
 """The offline proposer: an evolutionary search over the knobs of the editable files, no model.
 
 A knob is a module-level constant: `NAME = <number>`, or `NAME = "<string>"` whose comment on the
-same line names its alternatives (`# one of: gelu, relu, silu`). Each proposal nudges one knob,
-sometimes two, and writes back only the new literal, so the rest of the file stays byte for byte
-the same. The island's history steers the search: a move (a knob and a direction, or a string
-knob and a value) that improved the objective is drawn more often, one that failed less often.
+same line names its alternatives (`# one of: gelu, relu, silu`); engine/knobs.py finds them. Each
+proposal nudges one knob, sometimes two (a knob with alternatives moves to another of them), and
+writes back only the new literal, so the rest of the file stays byte for byte the same. The
+island's history steers the search: a move (a knob and a direction, or a string knob and a
+value) that improved the objective is drawn more often, one that failed less often.
 The agent remembers what it proposed for each parent and never proposes the same content twice;
 once every single change of a parent has been proposed, it combines two.
 """
 
 from __future__ import annotations
 
-import ast
 import hashlib
-import io
 import itertools
 import json
 import random
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
-from decimal import Decimal
 
 from agents.base import Attempt, Proposal, ProposalContext
+from engine.knobs import Knob, find_knobs, literal, write_literals
 
 FACTORS = (0.5, 0.7, 0.8, 1.25, 1.4, 2.0)  # multiplicative steps of a float; the sign is kept
 FRACTION_STEPS = (-0.1, -0.05, 0.05, 0.1)  # additive steps of a float in [0, 1)
 FRACTION_MAX = 0.999  # a float in [0, 1) is clamped into [0, FRACTION_MAX]
-SIGNIFICANT_DIGITS = 3
 PAIR_PROBABILITY = 0.25  # how often a proposal changes two knobs at once
 # How one earlier outcome scales the weight of each move it made; the weights stay within
 # WEIGHT_RANGE so that no move becomes impossible and none takes over the search completely.
 OUTCOME_FACTORS = {"improved": 3.0, "worsened": 0.8, "failed": 0.3}
 WEIGHT_RANGE = (0.01, 100.0)
 FAILURES = ("crash", "timeout", "invalid")
-ALTERNATIVES = re.compile(r"\s*#\s*one of:\s*(.+)")  # what follows a string knob's literal
 CHANGE = re.compile(r"([\w./:-]+) ([^\s,]+) -> ([^\s,]+)")  # one change named in a description
-
-
-@dataclass(frozen=True)
-class Knob:
-    """One tunable constant of an editable file."""
-
-    path: str
-    label: str  # how descriptions name it: NAME, or path:NAME when several files have knobs
-    start: int  # where its literal lies in the file's text
-    end: int
-    text: str  # the literal as written, e.g. 3e-3 or "gelu"
-    value: int | float | str
-    alternatives: tuple[str, ...] = ()  # the values a string knob may take
 
 
 Change = tuple[Knob, str]  # a knob and the literal it becomes
 Candidate = tuple[tuple[Change, ...], float]  # one or two changes, and how likely to draw them
 
 
-def find_knobs(files: dict[str, str], editable: Sequence[str]) -> list[Knob]:
-    """The knobs of the editable files, in file order. Names containing SEED are left out: a
-    candidate must not win by drawing another random seed."""
-    paths = [path for path in editable if path in files]
-    return [knob for path in paths
-            for knob in _file_knobs(path, files[path], qualify=len(paths) > 1)]
-
-
-def _file_knobs(path: str, source: str, *, qualify: bool) -> list[Knob]:
-    lines = io.StringIO(source, newline="").readlines()  # split where ast splits lines
-    line_ends = list(itertools.accumulate(map(len, lines)))
-
-    def offset(line: int, column: int) -> int:
-        """The position in `source` of an ast line and column."""
-        return line_ends[line - 1] - len(_rest_of_line(lines[line - 1], column))
-
-    knobs: dict[str, Knob] = {}  # by name: a later assignment is the one in effect
-    for node in ast.parse(source).body:
-        if not (isinstance(node, ast.Assign) and len(node.targets) == 1
-                and isinstance(node.targets[0], ast.Name)):
-            continue
-        name = node.targets[0].id
-        if not name.isupper() or "SEED" in name:
-            continue
-        value, alternatives = _number(node.value), ()
-        if isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
-            named = ALTERNATIVES.match(_rest_of_line(lines[node.end_lineno - 1],
-                                                     node.value.end_col_offset))
-            if named is None:
-                continue
-            value = node.value.value
-            alternatives = tuple(a.strip().strip("'\"") for a in named.group(1).split(","))
-            alternatives = tuple(a for a in alternatives if a)
-        if value is None:
-            continue
-        start = offset(node.value.lineno, node.value.col_offset)
-        end = offset(node.value.end_lineno, node.value.end_col_offset)
-        knobs[name] = Knob(path, f"{path}:{name}" if qualify else name, start, end,
-                           source[start:end], value, alternatives)
-    return list(knobs.values())
-
-
-def _rest_of_line(line: str, column: int) -> str:
-    """What follows a column on a line; ast counts columns in UTF-8 bytes, not characters."""
-    return line.encode()[column:].decode()
-
-
-def _number(node: ast.expr) -> int | float | None:
-    """The value of an int or float literal, negative ones included; None for anything else."""
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
-        inner = _number(node.operand)
-        return None if inner is None else -inner
-    if isinstance(node, ast.Constant) and type(node.value) in (int, float):  # bools excluded
-        return node.value
-    return None
-
-
 def _new_literals(knob: Knob) -> list[str]:
-    """The literals a knob may change to, each different from its current value."""
-    if isinstance(knob.value, str):
-        quote = knob.text[0] if knob.text[0] in "'\"" else '"'
-        return [f"{quote}{a}{quote}" for a in knob.alternatives if a != knob.value]
+    """The literals a knob may change to, each different from its current value. A power of
+    two has its neighbours as alternatives (engine/knobs.py), so it stays a power of two."""
+    if knob.alternatives:
+        return [literal(knob, other) for other in knob.alternatives if other != knob.value]
     steps = _int_steps(knob.value) if isinstance(knob.value, int) else _float_steps(knob.value)
-    texts = dict.fromkeys(_format(knob, value) for value in steps)  # ordered, no duplicates
+    texts = dict.fromkeys(literal(knob, value) for value in steps)  # ordered, no duplicates
     return [text for text in texts if float(text) != knob.value]
 
 
 def _int_steps(value: int) -> list[int]:
-    if value >= 1 and value & (value - 1) == 0:  # a power of two stays one
-        steps = [value // 2, value * 2]
-    else:
-        steps = [value - 1, value + 1, round(value * 0.75), round(value * 1.25)]
+    steps = [value - 1, value + 1, round(value * 0.75), round(value * 1.25)]
     return [step for step in steps if value < 1 or step >= 1]
 
 
@@ -137,18 +60,6 @@ def _float_steps(value: float) -> list[float]:
         steps += [value + step for step in FRACTION_STEPS if value == 0 or abs(step) <= value]
         steps = [min(max(step, 0.0), FRACTION_MAX) for step in steps]
     return steps
-
-
-def _format(knob: Knob, value: int | float) -> str:
-    """`value` written the way the knob's literal is: an int as an int, a float in scientific
-    notation if the literal used it, with SIGNIFICANT_DIGITS significant digits."""
-    if isinstance(knob.value, int):
-        return f"{value:_}" if "_" in knob.text else str(value)
-    if "e" in knob.text.lower():
-        mantissa, exponent = f"{value:.{SIGNIFICANT_DIGITS - 1}e}".split("e")
-        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
-    text = format(Decimal(f"{value:.{SIGNIFICANT_DIGITS}g}"), "f")  # never 1e-05
-    return text if "." in text else f"{text}.0"
 
 
 def _move(label: str, old: str, new: str) -> tuple[str, str]:
@@ -187,12 +98,8 @@ def _outcome(attempt: Attempt, direction: str) -> str:
 
 def _apply(files: dict[str, str], changes: Sequence[Change]) -> dict[str, str]:
     """The new contents of the files the changes touch."""
-    changed: dict[str, str] = {}
-    # From the end of each file backwards, so that earlier offsets stay valid.
-    for knob, text in sorted(changes, key=lambda change: change[0].start, reverse=True):
-        source = changed.get(knob.path, files[knob.path])
-        changed[knob.path] = source[:knob.start] + text + source[knob.end:]
-    return changed
+    changed = write_literals(files, dict(changes))
+    return {knob.path: changed[knob.path] for knob, _ in changes}
 
 
 def _digest(files: dict[str, str]) -> str:

@@ -38,13 +38,14 @@ ROW_FIELDS: tuple[pa.Field, ...] = tuple(
         ("finished_at", _T), ("train_wall_s", _F), ("eval_wall_s", _F), ("node", _S),
         ("gpu", _S), ("cost_usd", _F), ("tokens", pa.int64()), ("message", _S),
         ("log_tail", _S), ("left_behind", pa.int32()), ("data_fingerprint", _S),
+        ("trial", _S), ("knobs", _S),  # a tuning trial: Tune's id, its knob values as JSON
     ]
 )
 TIMESTAMPS = ("queued_at", "started_at", "finished_at")
 LOG_TAIL_CHARS = 4000
 COMPACT_EVERY = 256
 _PART = re.compile(r"part-(\d+)-(\d+)\.parquet")
-_LEFT_OUT_OF_TSV = ("rejected", "interrupted")
+_LEFT_OUT_OF_TSV = ("rejected", "interrupted", "stopped")
 
 
 class ResultStore:
@@ -97,8 +98,8 @@ class ResultStore:
     def export_tsv(self, path: Path, objective: str, kept: set[str]) -> None:
         """Write results.tsv in the original autoresearch's format, replacing `path` atomically:
         the short commit, the objective (0 when none), peak_memory_gb, keep (exp_id in `kept`),
-        crash (crash or timeout) or discard, and the description. Rejected or interrupted rows,
-        which never trained to the end, are left out."""
+        crash (crash or timeout) or discard, and the description. Rejected, interrupted or stopped
+        (a tuning trial cut early) rows, which never trained to the end, are left out."""
         lines = [f"commit\t{objective}\tmemory_gb\tstatus\tdescription"]
         for row in self._rows:
             if row["status"] in _LEFT_OUT_OF_TSV:

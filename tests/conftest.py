@@ -1,6 +1,7 @@
 """Shared fixtures: the bundled task in memory, and a private data cache for the session."""
 
 import os
+import re
 
 import pytest
 
@@ -62,3 +63,25 @@ class ScriptedAgent:
             return Proposal(f"scripted edit {self.made}", files)
         train = context.files["train.py"] + f"\n# variant {self.made} of island {context.island}\n"
         return Proposal(f"variant {self.made}", {"train.py": train})
+
+
+@pytest.fixture
+def slow_start_task(tmp_path):
+    """The bundled task with a learning rate set 30x too low, and every other constant frozen
+    (not a literal, so the offline proposer leaves it alone): a clear winner exists."""
+    folder = tmp_path / "task"
+    folder.mkdir()
+    for name in ("program.md", "prepare.py"):
+        (folder / name).write_text((template_path() / name).read_text())
+    source = (template_path() / "train.py").read_text()
+
+    def freeze(match: re.Match) -> str:
+        name, value = match.group(1), match.group(2)
+        if name == "LEARNING_RATE":
+            return f"{name} = 1e-4"
+        wrapper = "str" if value.startswith('"') else "float" if "." in value else "int"
+        return f"{name} = {wrapper}({value})"
+
+    source = re.sub(r"^([A-Z_0-9]+) = ([^\s#]+)", freeze, source, flags=re.M)
+    (folder / "train.py").write_text(source)
+    return load_task(folder)

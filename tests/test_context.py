@@ -1,0 +1,120 @@
+"""The prompt of an LLM agent: what goes in, and how it stays within its token budget."""
+
+import pytest
+
+from agents.base import Attempt, ProposalContext
+from agents.context import (
+    Templates,
+    messages_tokens,
+    proposal_messages,
+    repair_messages,
+)
+
+CODE = "LEARNING_RATE = 3e-3\nN_LAYER = 4\n\nprint('training')\n"
+GOAL = "# Goal\nMinimize val_bpb of a tiny byte-level model.\n"
+
+
+def attempt(number: int, **fields) -> Attempt:
+    values = {"description": f"change number {number}", "status": "ok", "objective": 3.5,
+              "parent_objective": 3.6, "exp_id": f"e{number:05d}",
+              "diff": f"-N_LAYER = 4\n+N_LAYER = {number}\n"}
+    return Attempt(**{**values, **fields})
+
+
+def context(history=(), **fields) -> ProposalContext:
+    values = dict(island=1, goal=GOAL, files={"train.py": CODE, "prepare.py": "SECRET = 1\n"},
+                  editable=("train.py",), objective="val_bpb", direction="minimize",
+                  parent_objective=3.6, baseline_objective=3.55, history=tuple(history),
+                  protected=("prepare.py", "program.md"))
+    return ProposalContext(**{**values, **fields})
+
+
+def prompt(ctx: ProposalContext, budget: int = 12_000) -> str:
+    return "\n".join(m["content"] for m in proposal_messages(ctx, Templates.load(), budget))
+
+
+def test_the_prompt_holds_the_goal_the_editable_code_and_the_scores():
+    text = prompt(context())
+    assert "Minimize val_bpb of a tiny byte-level model." in text
+    assert "## train.py" in text and CODE.strip() in text
+    assert "SECRET" not in text, "a file the agent may not edit is not shown as code"
+    assert "Its val_bpb is 3.6. The shared baseline's is 3.55. Lower is better." in text
+    assert "Nothing yet." in text
+
+
+def test_recent_experiments_show_their_diff_outcome_refusal_and_crash_log():
+    history = [
+        attempt(1, objective=3.4, parent_objective=3.6),
+        attempt(2, status="crash", objective=None, message="train.py exited with status 1",
+                log_tail="Traceback (most recent call last):\nRuntimeError: shape mismatch"),
+        attempt(3, status="rejected", objective=None, message="refused: it changes nothing",
+                diff=""),
+    ]
+    text = prompt(context(history))
+    assert "### e00001: change number 1" in text
+    assert "Outcome: ok, val_bpb 3.4, better than its parent's 3.6." in text
+    assert "+N_LAYER = 1" in text
+    assert "Outcome: crash." in text and "RuntimeError: shape mismatch" in text
+    assert "Why: refused: it changes nothing" in text
+
+
+def test_the_leaderboard_and_the_promotions_of_every_island_are_shown():
+    leaderboard = (attempt(7, description="wider model", objective=3.1),
+                   attempt(9, description="cosine schedule", objective=3.2))
+    promotions = (attempt(7, description="wider model", objective=3.1),)
+    text = prompt(context(leaderboard=leaderboard, promotions=promotions))
+    assert "1. e00007, val_bpb 3.1: wider model" in text
+    assert "2. e00009, val_bpb 3.2: cosine schedule" in text
+    assert "- e00007, val_bpb 3.1: wider model" in text
+
+
+def test_the_forbidden_list_names_the_protected_files_the_seed_and_the_evaluation():
+    text = prompt(context())
+    assert "Do not edit prepare.py, program.md" in text
+    assert "Change only train.py" in text
+    assert "random seed" in text
+    assert "how the model is evaluated" in text
+
+
+def test_a_long_history_is_compressed_under_the_budget_and_the_newest_stay_in_full():
+    history = [attempt(n, diff="".join(f"-x = {i}\n+x = {i + n}\n" for i in range(40)))
+               for n in range(1, 201)]
+    ctx = context(history)
+    budget = 1500
+    messages = proposal_messages(ctx, Templates.load(), budget)
+    text = "\n".join(m["content"] for m in messages)
+    assert messages_tokens(messages) <= budget
+    assert "### e00200: change number 200" in text and "### e00199:" in text
+    assert "+x = 200" in text, "the newest experiment keeps its diff"
+    assert "### e00195:" not in text, "older experiments lose their diffs first"
+    assert "older experiments are not shown" in text, "the oldest are dropped"
+    assert "e00001" not in text
+    assert messages_tokens(proposal_messages(ctx, Templates.load(), 100_000)) > budget
+
+
+def test_the_goal_and_the_code_never_give_way_to_the_budget():
+    text = prompt(context([attempt(n) for n in range(1, 30)]), budget=10)
+    assert GOAL.strip() in text and CODE.strip() in text
+
+
+def test_a_repair_shows_the_reply_and_what_was_wrong_with_it():
+    ctx = context()
+    templates = Templates.load()
+    first = proposal_messages(ctx, templates, 12_000)
+    messages = repair_messages(ctx, templates, first, "just lower it", "no SEARCH block")
+    assert messages[:2] == first
+    assert messages[2] == {"role": "assistant", "content": "just lower it"}
+    assert messages[3]["role"] == "user"
+    assert "could not be used: no SEARCH block" in messages[3]["content"]
+
+
+def test_the_templates_are_files_a_user_can_change(tmp_path):
+    for name in ("system.md", "repair.md", "reply_search_replace.md"):
+        (tmp_path / name).write_text("$reply_format" if name == "repair.md" else "be brief")
+    (tmp_path / "proposal.md").write_text("GOAL:\n$goal\nCODE:\n$code")
+    messages = proposal_messages(context(), Templates.load(folder=tmp_path), 12_000)
+    assert messages[0]["content"] == "be brief"
+    assert messages[1]["content"].startswith("GOAL:\n# Goal")
+    (tmp_path / "proposal.md").write_text("$goal $mood")
+    with pytest.raises(ValueError, match=r"proposal.md has a placeholder it cannot fill"):
+        Templates.load(folder=tmp_path)

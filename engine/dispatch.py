@@ -1,13 +1,13 @@
 """Experiments as Ray tasks: one GPU each, files through the object store, results as they come.
 
 Workers need neither git nor a shared filesystem: a task carries the commit's files and returns
-the result as a plain dict. The GPU count is read from the cluster on every call, so a node that
-joins mid-search is used without a restart.
+the result as a plain dict. The GPU count is read from the cluster once a second, so a node that
+joins mid-search is used without a restart; Ray places each task on whichever node has a GPU free,
+and runs a task again elsewhere when its node leaves mid-experiment (`max_retries`).
 """
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 from collections.abc import Callable
@@ -19,6 +19,7 @@ from engine.runner import ExperimentResult, run_experiment
 from engine.spec import Spec
 
 REFRESH_S = 1.0  # how often the cluster's resources are read
+NODE_ID_SHOWN = 8  # hex digits of the Ray node id in a result's `node`
 
 
 @dataclass(frozen=True)
@@ -44,20 +45,24 @@ def run_job(job: Job, run: RunFunction = run_experiment) -> dict:
                   ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
     result = run(job.files, job.spec, job.seed, job.budget_s, grace_s=job.grace_s,
                  expected_fingerprint=job.expected_fingerprint, env=thread_env)
-    gpus = ray.get_gpu_ids() if ray.is_initialized() else []
+    in_ray = ray.is_initialized()
+    gpus = ray.get_gpu_ids() if in_ray else []
+    # Ray nodes on one machine (and containers) can share a hostname; the node id tells them apart.
+    node = socket.gethostname()
+    if in_ray:
+        node += "/" + ray.get_runtime_context().get_node_id()[:NODE_ID_SHOWN]
     return {
         "result": result.to_dict(),
         "started_at": started,
         "finished_at": time.time(),
-        "node": socket.gethostname() + (f"/{os.environ['RAY_NODE_ID'][:8]}"
-                                        if "RAY_NODE_ID" in os.environ else ""),
+        "node": node,
         "gpu": ",".join(str(g) for g in gpus),
     }
 
 
 class Dispatcher:
     """Submits jobs as Ray tasks holding `gpus_per_experiment` GPUs (or one CPU slot where the
-    cluster has no GPUs) and hands back each outcome the moment it is ready."""
+    cluster has never had a GPU) and hands back each outcome the moment it is ready."""
 
     def __init__(self, gpus_per_experiment: int, run: RunFunction = run_experiment) -> None:
         self.gpus_per_experiment = max(gpus_per_experiment, 1)
@@ -69,6 +74,7 @@ class Dispatcher:
         self._options: dict[str, float] = {}
         self._refreshed_at = -REFRESH_S
         self._capacity = (0, 1)
+        self._has_had_gpus = False
         self.refresh()
 
     def refresh(self) -> tuple[int, int]:
@@ -78,10 +84,16 @@ class Dispatcher:
             return self._capacity
         self._refreshed_at = time.monotonic()
         resources = ray.cluster_resources()
-        gpus, cpus = int(resources.get("GPU", 0)), max(int(resources.get("CPU", 1)), 1)
-        self._options = ({"num_gpus": self.gpus_per_experiment, "num_cpus": 0} if gpus
-                         else {"num_gpus": 0, "num_cpus": 1})
-        slots = gpus // self.gpus_per_experiment if gpus else cpus
+        gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 0))
+        # A GPU cluster whose GPU nodes are all gone (spot reclaims) waits for GPUs to come back
+        # rather than train on the CPUs that are left, which would score a different machine.
+        self._has_had_gpus = self._has_had_gpus or gpus > 0
+        if self._has_had_gpus:
+            self._options = {"num_gpus": self.gpus_per_experiment, "num_cpus": 0}
+            slots = gpus // self.gpus_per_experiment
+        else:
+            self._options = {"num_gpus": 0, "num_cpus": 1}
+            slots = cpus
         self._capacity = (slots, max(cpus // max(slots, 1), 1))
         return self._capacity
 

@@ -1,0 +1,142 @@
+"""Clusters: cluster.yaml passes Ray's own validation, and one search uses every GPU of a cluster
+of several nodes, including nodes that join or leave while it runs."""
+
+import json
+import re
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import ray
+import yaml
+from ray.autoscaler._private.util import prepare_config, validate_config
+
+ROOT = Path(__file__).resolve().parent.parent
+CLUSTER_YAML = ROOT / "cluster.yaml"
+PLACED_BY_THE_USER = ("provider", "auth", "available_node_types", "head_node_type")
+
+
+def cluster_config() -> dict:
+    return yaml.safe_load(CLUSTER_YAML.read_text())
+
+
+def on_premise_variant() -> dict:
+    """cluster.yaml with its commented `local` provider block in place of the cloud."""
+    text = CLUSTER_YAML.read_text()
+    block = text[text.index("# provider:\n#   type: local"):]
+    variant = yaml.safe_load("\n".join(line.removeprefix("# ") for line in block.splitlines()))
+    kept = {key: value for key, value in cluster_config().items() if key not in PLACED_BY_THE_USER}
+    return {**kept, **variant}
+
+
+def commands(config: dict, *keys: str) -> str:
+    return "\n".join(command for key in keys for command in config[key])
+
+
+# -- cluster.yaml ------------------------------------------------------------------------------
+
+def test_cluster_yaml_passes_rays_own_validation():
+    validate_config(prepare_config(cluster_config()))
+
+
+def test_the_on_premise_variant_in_its_comments_passes_too():
+    config = prepare_config(on_premise_variant())
+    validate_config(config)
+    assert config["provider"]["type"] == "local"
+
+
+def test_rays_validation_would_catch_a_misspelt_key():
+    config = cluster_config()
+    config["available_node_types"]["gpu_1x"]["min_worker"] = 1
+    with pytest.raises(Exception, match="min_worker"):
+        validate_config(prepare_config(config))
+
+
+def test_every_node_installs_the_ray_installed_here_the_makefiles_torch_and_this_project():
+    setup = commands(cluster_config(), "setup_commands")
+    makefile_torch = re.search(r"^TORCH := (\S+)", (ROOT / "Makefile").read_text(), re.M)[1]
+    assert makefile_torch == "torch==2.13.0"
+    assert re.findall(r"\bray\[[a-z,]+\]==([\w.]+)", setup) == [ray.__version__]
+    assert re.findall(r"\btorch==[\w.]+", setup) == [makefile_torch]
+    assert "-e ~/autoresearch" in setup
+    assert cluster_config()["file_mounts"]["~/autoresearch"] == "."
+
+
+def test_workers_declare_gpus_run_on_spot_and_the_head_takes_no_experiment():
+    config = cluster_config()
+    types = config["available_node_types"]
+    head = types.pop(config["head_node_type"])
+    assert head["resources"] == {"CPU": 0, "GPU": 0}
+    assert "InstanceMarketOptions" not in head["node_config"]
+    assert sorted(worker["resources"]["GPU"] for worker in types.values()) == [1, 4]
+    for worker in types.values():
+        assert worker["node_config"]["InstanceMarketOptions"]["MarketType"] == "spot"
+        assert 0 <= worker["min_workers"] <= worker["max_workers"] <= config["max_workers"]
+
+
+def test_every_node_starts_ray_with_token_authentication_and_one_shared_token():
+    config = cluster_config()
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        assert "export RAY_AUTH_MODE=token" in commands(config, key)
+    assert config["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
+
+
+def test_the_users_task_folder_is_mounted():
+    assert (ROOT / cluster_config()["file_mounts"]["~/task"] / "program.md").is_file()
+
+
+# -- one search on a cluster of several nodes ---------------------------------------------------
+
+@pytest.fixture(scope="module")
+def scenarios(tmp_path_factory) -> dict:
+    """tests/cluster_scenarios.py, run once in a process of its own (a head without GPUs, GPU
+    nodes of 2 and 1 logical GPUs; one search each: as is, a node joining, a node leaving)."""
+    root = tmp_path_factory.mktemp("cluster")
+    done = subprocess.run([sys.executable, "-m", "tests.cluster_scenarios", str(root)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads((root / "report.json").read_text())
+
+
+def nodes_of(rows: list[dict]) -> Counter:
+    """Experiments per node (the node id that ends a row's `node`)."""
+    return Counter(row["node"].rsplit("/", 1)[-1] for row in rows)
+
+
+def test_experiments_run_on_every_gpu_node_at_once_and_never_on_the_head(scenarios):
+    spread = scenarios["spread"]
+    used = nodes_of(spread["rows"])
+    assert set(used) == set(scenarios["gpu_nodes"].values())
+    assert spread["slots"] == 3
+    assert len(spread["rows"]) == 12 and all(row["status"] == "ok" for row in spread["rows"])
+    starts = sorted(row["started_at"] for row in spread["rows"])
+    running_at = [sum(r["started_at"] <= t < r["finished_at"] for r in spread["rows"])
+                  for t in starts]
+    assert max(running_at) == 3, "the three GPUs were never busy at once"
+
+
+def test_a_node_that_joins_mid_search_gets_experiments_without_a_restart(scenarios):
+    joins = scenarios["joins"]
+    on_new_node = [row for row in joins["rows"] if row["node"].endswith(joins["node"])]
+    assert len(on_new_node) >= 2
+    assert all(row["started_at"] >= joins["added_at"] for row in on_new_node)
+    assert joins["slots"] == 5
+    assert len(joins["rows"]) == 24 and all(row["status"] == "ok" for row in joins["rows"])
+
+
+def test_a_node_that_leaves_mid_search_costs_only_its_experiments_in_flight(scenarios):
+    leaves = scenarios["leaves"]
+    rows, removed_at = leaves["rows"], leaves["removed_at"]
+    by_id = {row["exp_id"]: row for row in rows}
+    assert len(by_id) == len(rows) == 20, "an experiment was lost or recorded twice"
+    assert set(leaves["finished_before"]) <= set(by_id)
+    assert leaves["slots"] == 3
+    in_flight = [by_id[exp_id] for exp_id in leaves["in_flight"]]
+    assert all(row["status"] in ("ok", "crash") for row in in_flight)
+    ran_again = [row for row in in_flight if row["started_at"] >= removed_at]
+    assert ran_again, "no experiment was running on the node when it left"
+    assert not any(row["node"].endswith(leaves["node"]) for row in ran_again)
+    after = [row for row in rows if row["finished_at"] > removed_at]
+    assert not any(row["node"].endswith(leaves["node"]) for row in after)

@@ -31,7 +31,8 @@ import ray
 from engine.cluster import start_ray
 from engine.runner import run_experiment
 from engine.task import Task, load_task, template_path
-from engine.tuning import Refinement, TrialOutcome
+from engine.trial import TrialOutcome
+from engine.tuning import Refinement
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 SHIPPED = "LEARNING_RATE = 3e-3"

@@ -57,6 +57,8 @@ def changes_only_a_seed(parent: dict[str, str], child: dict[str, str]) -> bool:
     new seed does not hide it; a false alarm costs only a confirmation run."""
     changed: list[str] = []
     for name in sorted(set(parent) | set(child)):
+        if parent.get(name) == child.get(name):
+            continue  # most changes touch one file: tokenizing the others costs tens of ms
         before = _code_lines(name, parent.get(name, ""))
         after = _code_lines(name, child.get(name, ""))
         matcher = difflib.SequenceMatcher(a=before, b=after, autojunk=False)

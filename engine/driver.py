@@ -46,7 +46,8 @@ from engine.rundir import (
 from engine.runner import run_experiment
 from engine.store import ResultStore
 from engine.task import Task
-from engine.tuning import Refinement, TrialOutcome
+from engine.trial import TrialOutcome
+from engine.tuning import Refinement
 
 log = logging.getLogger("autoresearch")
 

@@ -11,9 +11,13 @@ sequence numbers of the rows it holds), under a temporary name that readers skip
 leaves the whole row on disk or none of it. Every COMPACT_EVERY single-row parts are merged into
 one part over their range, written the same way, before they are deleted; a crash in between
 leaves rows twice, so opening deletes any part whose range lies inside a bigger part's. Opening
-also removes stray temporary files and reads every row into memory: `rows()` does no disk I/O.
-One process (the driver) writes a store; a reader that lists the folder during a compaction can
-see rows twice or miss a file, and should read again.
+also removes stray temporary files.
+
+In memory the store keeps only what a long run needs at every result: the rows not merged yet, and
+of the merged ones the few columns of results.tsv, as Arrow (about 200 bytes a row, where a row as
+Python objects with its log tail takes several KB). `rows()` reads the folder. One process (the
+driver) writes a store; a reader that lists the folder during a compaction can see rows twice or
+miss a file, and should read again.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ LOG_TAIL_CHARS = 4000
 COMPACT_EVERY = 256
 _PART = re.compile(r"part-(\d+)-(\d+)\.parquet")
 _LEFT_OUT_OF_TSV = ("rejected", "interrupted", "stopped")
+_TSV_COLUMNS = ("exp_id", "commit", "status", "objective", "description", "peak_memory_gb")
 
 
 class ResultStore:
@@ -62,15 +67,16 @@ class ResultStore:
         self.folder.mkdir(parents=True, exist_ok=True)
         for stray in self.folder.glob(".part-*.tmp"):
             stray.unlink()
-        parts = self._surviving_parts()
-        self._rows: list[dict] = []
-        for _, _, path in parts:
-            table = pq.read_table(path)
-            if not table.schema.equals(self.schema):
-                raise ValueError(f"{path} has other columns than this store: {table.schema.names}")
-            self._rows += _to_rows(table)
-        # Single-row parts not merged yet; merged parts only ever cover earlier rows.
-        self._loose = [path for first, last, path in parts if first == last]
+        self._count = 0
+        self._loose: list[tuple[Path, pa.Table]] = []  # single-row parts not merged yet
+        self._merged_tsv: list[pa.Table] = []  # the TSV_COLUMNS of the merged parts' rows
+        for first, last, path in self._surviving_parts():
+            table = self._read_part(path)
+            if first == last:
+                self._loose.append((path, table))
+            else:
+                self._merged_tsv.append(table.select(self._tsv_columns))
+            self._count = last + 1
 
     def append(self, row: dict) -> None:
         """Write one row durably (the data is on disk, fsynced, before this returns).
@@ -82,18 +88,19 @@ class ResultStore:
         if unknown:
             raise ValueError(f"unknown result columns: {', '.join(unknown)}")
         table = pa.Table.from_pylist([self._arrow_row(row)], schema=self.schema)
-        self._loose.append(self._write_part(len(self._rows), table))
-        # Kept as it reads back from disk, so rows() is the same before and after a reopen.
-        self._rows.extend(_to_rows(table))
+        self._loose.append((self._write_part(self._count, table), table))
+        self._count += 1
         if len(self._loose) >= COMPACT_EVERY:
             self._compact()
 
     def rows(self) -> list[dict]:
-        """Every row so far, in append order, as plain dicts (timestamps as float epoch seconds)."""
-        return [dict(row) for row in self._rows]
+        """Every row so far, in append order, as plain dicts (timestamps as float epoch seconds),
+        read from the folder."""
+        return [row for _, _, path in self._surviving_parts()
+                for row in _to_rows(self._read_part(path))]
 
     def __len__(self) -> int:
-        return len(self._rows)
+        return self._count
 
     def export_tsv(self, path: Path, objective: str, kept: set[str]) -> None:
         """Write results.tsv in the original autoresearch's format, replacing `path` atomically:
@@ -101,15 +108,21 @@ class ResultStore:
         crash (crash or timeout) or discard, and the description. Rejected, interrupted or stopped
         (a tuning trial cut early) rows, which never trained to the end, are left out."""
         lines = [f"commit\t{objective}\tmemory_gb\tstatus\tdescription"]
-        for row in self._rows:
-            if row["status"] in _LEFT_OUT_OF_TSV:
+        tables = [*self._merged_tsv, *(table.select(self._tsv_columns) for _, table in self._loose)]
+        if not tables:
+            tables = [self.schema.empty_table().select(self._tsv_columns)]
+        columns = pa.concat_tables(tables).to_pydict()
+        memories = columns.get("peak_memory_gb") or [None] * len(columns["exp_id"])
+        for exp_id, commit, status, value, description, memory in zip(
+                columns["exp_id"], columns["commit"], columns["status"], columns["objective"],
+                columns["description"], memories, strict=True):
+            if status in _LEFT_OUT_OF_TSV:
                 continue
-            status = ("keep" if row["exp_id"] in kept
-                      else "crash" if row["status"] in ("crash", "timeout") else "discard")
-            value = row["objective"] if row["objective"] is not None else 0.0
-            memory = row.get("peak_memory_gb") or 0.0
-            description = re.sub(r"[\t\r\n]", " ", row["description"])
-            lines.append(f"{row['commit'][:7]}\t{value:.6f}\t{memory:.1f}\t{status}\t{description}")
+            status = ("keep" if exp_id in kept
+                      else "crash" if status in ("crash", "timeout") else "discard")
+            description = re.sub(r"[\t\r\n]", " ", description)
+            lines.append(f"{commit[:7]}\t{value or 0.0:.6f}\t{memory or 0.0:.1f}\t{status}"
+                         f"\t{description}")
         text = "\n".join(lines) + "\n"
         _replace(Path(path), lambda file: file.write(text.encode("utf-8")))
 
@@ -128,14 +141,25 @@ class ResultStore:
 
     def _compact(self) -> None:
         """Merge the single-row parts into one part covering their range, then delete them."""
-        first = len(self._rows) - len(self._loose)
-        merged = pa.Table.from_pylist([self._arrow_row(row) for row in self._rows[first:]],
-                                      schema=self.schema)
+        (first_path, _), *_ = self._loose
+        first = int(_PART.fullmatch(first_path.name)[1])
+        merged = pa.concat_tables([table for _, table in self._loose]).combine_chunks()
         self._write_part(first, merged)
-        for loose in self._loose:
-            loose.unlink()
+        for path, _ in self._loose:
+            path.unlink()
         _fsync_folder(self.folder)
+        self._merged_tsv.append(merged.select(self._tsv_columns))
         self._loose = []
+
+    @property
+    def _tsv_columns(self) -> list[str]:
+        return [name for name in _TSV_COLUMNS if name in self.schema.names]
+
+    def _read_part(self, path: Path) -> pa.Table:
+        table = pq.read_table(path)
+        if not table.schema.equals(self.schema):
+            raise ValueError(f"{path} has other columns than this store: {table.schema.names}")
+        return table
 
     def _write_part(self, first: int, table: pa.Table) -> Path:
         """Write `table`, rows `first` on, as the part file named for their range."""

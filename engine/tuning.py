@@ -26,16 +26,12 @@ that were interrupted run again under their own ids, and the study goes on from 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 import os
 import queue
-import socket
 import threading
-import time
 from collections.abc import Callable, Collection
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
@@ -45,23 +41,25 @@ from optuna.storages.journal import JournalFileBackend
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
-from ray.tune.utils import flatten_dict
 
-from engine.dispatch import Job, run_job
-from engine.knobs import Knob, Value, find_knobs, write_knobs, written_value
-from engine.runner import ExperimentResult, Progress, run_experiment
+from engine.knobs import Knob, Value, find_knobs, write_knobs
+from engine.runner import ExperimentResult, run_experiment
 from engine.spec import Spec
+from engine.trial import (
+    LOSS,
+    OBJECTIVE,
+    OUTCOME,
+    SECONDS,
+    TrialJob,
+    TrialOutcome,
+    last_report,
+    outcome_dict,
+    trainable,
+    written_values,
+)
 
 log = logging.getLogger("autoresearch")
 
-OBJECTIVE = "objective"  # the harness's score, in the final report of a trial that scored
-LOSS = "train_loss"  # the smoothed training loss, in every report: what ASHA compares
-SECONDS = "train_seconds"  # seconds of training so far: ASHA's clock
-OUTCOME = "outcome_json"  # the trial's outcome as the driver gets it, in its final report
-SMOOTHING = 0.9  # the training loss is an exponential moving average with this decay
-REPORTS_PER_TRIAL = 20  # at most this many intermediate reports over a budget
-LAST_REPORT = 0.9  # no intermediate report past this share of the budget: ASHA never stops a
-# trial that is about to be scored (its last rung lies at 3/4 of the budget)
 FIRST_RUNG = 0.25  # ASHA's first decision, as a share of the budget
 REDUCTION_FACTOR = 3  # ASHA keeps the best third at each rung
 STARTUP_SHARE = 0.25  # TPE samples at random for this share of the trials (at least 2) first
@@ -80,39 +78,6 @@ _LIVE: dict[str, Refinement] = {}
 # Two Tune runs started at once in one process race on Tune's global registry (measured: a
 # RuntimeError); refinements of one process run one after the other.
 _ONE_AT_A_TIME = threading.Lock()
-
-
-@dataclass(frozen=True)
-class TrialOutcome:
-    """One trial that ended: what it ran and what came of it."""
-
-    trial_id: str  # Tune's id, the same after a resume
-    values: dict[str, Value]  # knob label -> the value written into the files
-    files: dict[str, str]  # what it trained
-    outcome: dict  # as engine.dispatch.run_job returns it: result, started_at, finished_at, ...
-    stopped_early: bool  # ASHA stopped it (its result's status is "stopped")
-
-    @property
-    def objective(self) -> float | None:
-        """Its score, when it trained to the end and was scored without fault."""
-        result = self.outcome["result"]
-        return result["objective"] if result["status"] == "ok" else None
-
-
-@dataclass(frozen=True)
-class _TrialJob:
-    """What every trial needs, on whichever worker runs it."""
-
-    files: dict[str, str]
-    knobs: tuple[Knob, ...]
-    spec: Spec
-    seed: int
-    budget_s: float
-    grace_s: float | None
-    expected_fingerprint: str | None
-    threads: int
-    run: Callable[..., ExperimentResult]
-    finished: dict[str, dict] = field(default_factory=dict)  # ledger: trial id -> last report
 
 
 class Refinement:
@@ -145,7 +110,7 @@ class Refinement:
         self.path = Path(run_dir).resolve() / "tune" / name
         self.path.mkdir(parents=True, exist_ok=True)
         self.error: BaseException | None = None  # what ended Tune, if not the end of its trials
-        self._job = _TrialJob(dict(files), tuple(self.knobs), spec, seed, budget_s, grace_s,
+        self._job = TrialJob(dict(files), tuple(self.knobs), spec, seed, budget_s, grace_s,
                               expected_fingerprint, threads, run)
         self._gpus_per_trial, self._early_stopping = gpus_per_trial, early_stopping
         self._sampler = sampler or optuna.samplers.TPESampler(
@@ -240,14 +205,14 @@ class Refinement:
 
     def _tuner(self) -> tune.Tuner:
         with self._lock:
-            finished = {trial_id: _last_report(outcome) for trial_id, outcome in
+            finished = {trial_id: last_report(outcome) for trial_id, outcome in
                         self._ended.items()}
-        trainable = tune.with_resources(
-            _trainable(dataclasses.replace(self._job, finished=finished), self.name),
+        resourced = tune.with_resources(
+            trainable(dataclasses.replace(self._job, finished=finished), self.name),
             self._resources())
         if tune.Tuner.can_restore(str(self.path)):
             log.info("tuning %s: resuming its Tune run", self.name)
-            return tune.Tuner.restore(str(self.path), trainable, resume_errored=True)
+            return tune.Tuner.restore(str(self.path), resourced, resume_errored=True)
         direction = self.spec.objective.direction
         search = _KnobSearch(
             space=_space(self.knobs), metric=OBJECTIVE,
@@ -261,7 +226,7 @@ class Refinement:
                                    reduction_factor=REDUCTION_FACTOR)
                      if self._early_stopping else FIFOScheduler())
         return tune.Tuner(
-            trainable,
+            resourced,
             tune_config=tune.TuneConfig(
                 search_alg=search, scheduler=scheduler, num_samples=self.trials,
                 max_concurrent_trials=self.concurrency, reuse_actors=True,
@@ -298,7 +263,7 @@ class Refinement:
             outcome, stopped = self._failed_outcome(trial, last), False
         else:
             outcome, stopped = self._stopped_outcome(last), True
-        values = last.get("values") or _written_values(self.knobs, trial.config)
+        values = last.get("values") or written_values(self.knobs, trial.config)
         ended = TrialOutcome(trial.trial_id, values, self._files_for(values), outcome, stopped)
         self._append_ledger(ended)
         with self._lock:
@@ -313,7 +278,7 @@ class Refinement:
             metrics={"steps": float(last.get("step", 0)) + 1, "final_train_loss": loss},
             message=f"stopped early by ASHA after {seconds:.1f} s of its {budget:g} s of "
                     f"training, at a smoothed training loss of {loss:.4f}")
-        return _outcome_dict(result, last)
+        return outcome_dict(result, last)
 
     def _failed_outcome(self, trial: tune.experiment.Trial, last: dict) -> dict:
         detail = "no error recorded"
@@ -323,7 +288,7 @@ class Refinement:
         result = ExperimentResult(status="crash", objective=None, seed=self._job.seed,
                                   budget_s=self._job.budget_s,
                                   message=f"the trial failed in Ray Tune: {detail}")
-        return _outcome_dict(result, last)
+        return outcome_dict(result, last)
 
     def _files_for(self, values: dict[str, Value]) -> dict[str, str]:
         return write_knobs(self.files, {knob: values[knob.label] for knob in self.knobs})
@@ -419,87 +384,6 @@ class _KnobSearch(OptunaSearch):
                                                states=(optuna.trial.TrialState.RUNNING,)):
             if trial.number not in pending:
                 self._ot_study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
-
-
-class _LossReporter:
-    """Forwards train.py's steps to Tune as they come: the training loss smoothed (an average
-    that forgets, corrected for its start at zero), at most REPORTS_PER_TRIAL times."""
-
-    def __init__(self, budget_s: float, identity: dict) -> None:
-        self.every, self.until = budget_s / REPORTS_PER_TRIAL, LAST_REPORT * budget_s
-        self.identity = identity  # values, start time, node, GPU: what a stopped trial's row needs
-        self.average, self.steps, self.next_at = 0.0, 0, 0.0
-
-    @property
-    def smoothed(self) -> float | None:
-        return self.average / (1 - SMOOTHING**self.steps) if self.steps else None
-
-    def __call__(self, progress: Progress) -> None:
-        self.steps += 1
-        self.average = SMOOTHING * self.average + (1 - SMOOTHING) * progress.loss
-        if self.next_at <= progress.elapsed_s < self.until:
-            tune.report({SECONDS: progress.elapsed_s, LOSS: self.smoothed,
-                         "step": progress.step, **self.identity})
-            self.next_at = progress.elapsed_s + self.every
-
-
-def _trainable(job: _TrialJob, name: str) -> Callable[[dict], None]:
-    def knob_trial(config: dict) -> None:
-        _run_trial(config, job)
-
-    # Tune registers a trainable cluster-wide under its function's name: two refinements at
-    # once must not share one, and a resume must find its own again.
-    knob_trial.__name__ = knob_trial.__qualname__ = f"knob_trial_{name}"
-    return knob_trial
-
-
-def _run_trial(config: dict, job: _TrialJob) -> None:
-    """One trial, on a worker: write the values, train under the runner, report."""
-    recorded = job.finished.get(tune.get_context().get_trial_id())
-    if recorded is not None:
-        tune.report(recorded)
-        return
-    values = _written_values(job.knobs, config)
-    files = write_knobs(job.files, {knob: values[knob.label] for knob in job.knobs})
-    gpus = ray.get_gpu_ids()
-    reporter = _LossReporter(job.budget_s, {
-        "values": values, "started_at": time.time(), "node": socket.gethostname(),
-        "gpu": ",".join(str(g) for g in gpus)})
-    outcome = run_job(
-        Job(files, job.spec, job.seed, job.budget_s, job.grace_s, job.expected_fingerprint,
-            job.threads),
-        functools.partial(job.run, on_progress=reporter))
-    tune.report(_last_report(TrialOutcome("", values, files, outcome, False),
-                             loss=reporter.smoothed))
-
-
-def _written_values(knobs: Collection[Knob], config: dict) -> dict[str, Value]:
-    """The values a trial's config gives its knobs, as the files hold them once written. (Tune
-    nests the config where a label holds a "/", as a knob of `src/model.py` does.)"""
-    flat = flatten_dict(config, delimiter="/")
-    return {knob.label: written_value(knob, flat[knob.label]) for knob in knobs}
-
-
-def _last_report(ended: TrialOutcome, loss: float | None = None) -> dict:
-    """A trial's last report to Tune: the objective when it was scored, and its outcome. A
-    trial that ASHA stopped reports none of either, as when it was stopped."""
-    result = ended.outcome["result"]
-    if loss is None:
-        loss = result["metrics"].get("final_train_loss")
-    report = {SECONDS: result["budget_s"], "values": ended.values}
-    if loss is not None:  # none when train.py reported no step: ASHA then has nothing to compare
-        report[LOSS] = loss
-    if ended.stopped_early:
-        return {**report, SECONDS: result["train_wall_s"]}
-    if ended.objective is not None:
-        report[OBJECTIVE] = ended.objective
-    return {**report, OUTCOME: json.dumps(ended.outcome)}
-
-
-def _outcome_dict(result: ExperimentResult, last: dict) -> dict:
-    """An outcome shaped as engine.dispatch.run_job's, for a trial that did not return one."""
-    return {"result": result.to_dict(), "started_at": last.get("started_at", time.time()),
-            "finished_at": time.time(), "node": last.get("node", ""), "gpu": last.get("gpu", "")}
 
 
 def _space(knobs: list[Knob]) -> dict[str, optuna.distributions.BaseDistribution]:

@@ -141,9 +141,15 @@ class RunRepo:
         """Put every loose object into a new pack, unreachable ones too (runs make thousands of
         small commits that no branch keeps; loose, they cost 7 files each). Safe while commits
         are being made: an object is deleted only once a pack holds it."""
-        listing = self._git("cat-file", "--batch-all-objects", "--batch-check=%(objectname)")
-        self._git("pack-objects", "-q", "--unpacked", str(self.path / "objects" / "pack" / "pack"),
-                  input=listing.stdout)
+        # The loose objects are the files objects/xx/yyyy...: listed from there, a pack holds
+        # only what the last one did not (git's own listings name packed objects too).
+        objects = self.path / "objects"
+        loose = [folder.name + path.name for folder in objects.glob("[0-9a-f][0-9a-f]")
+                 for path in folder.iterdir() if not path.name.startswith("tmp")]
+        if not loose:
+            return
+        self._git("pack-objects", "-q", str(objects / "pack" / "pack"),
+                  input="".join(sha + "\n" for sha in loose).encode())
         self._git("prune-packed", "-q")
 
     def noted(self) -> set[str]:

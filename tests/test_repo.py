@@ -127,6 +127,25 @@ def test_packing_keeps_every_commit_even_those_no_branch_holds(run):
         assert repo.files_at(sha)["train.py"] == f"lr = {k}\n"
 
 
+def test_each_packing_packs_only_the_objects_made_since_the_last(run):
+    repo, first = run
+
+    def objects_in_packs() -> list[int]:
+        counts = []
+        for index in sorted((repo.path / "objects" / "pack").glob("*.idx")):
+            shown = subprocess.run(["git", "show-index"], stdin=index.open("rb"),
+                                   capture_output=True, check=True)
+            counts.append(len(shown.stdout.splitlines()))
+        return counts
+
+    for round_ in range(3):
+        for k in range(4):  # a commit, its tree and its blob each
+            repo.commit(first, {"train.py": f"lr = {round_}.{k}\n"}, f"try {round_}.{k}")
+        repo.pack()
+    # The first pack also holds the first commit's 6 objects; none is packed twice.
+    assert sorted(objects_in_packs()) == [12, 12, 18]
+
+
 def test_paths_outside_the_task_are_refused(run):
     repo, first = run
     for name in ("../evil.py", "/etc/passwd", ".git/config", "a//b.py", "./train.py", ""):

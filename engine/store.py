@@ -141,8 +141,7 @@ class ResultStore:
 
     def _compact(self) -> None:
         """Merge the single-row parts into one part covering their range, then delete them."""
-        (first_path, _), *_ = self._loose
-        first = int(_PART.fullmatch(first_path.name)[1])
+        first = self._count - len(self._loose)
         merged = pa.concat_tables([table for _, table in self._loose]).combine_chunks()
         self._write_part(first, merged)
         for path, _ in self._loose:

@@ -71,11 +71,10 @@ class ResultStore:
         self._loose: list[tuple[Path, pa.Table]] = []  # single-row parts not merged yet
         self._merged_tsv: list[pa.Table] = []  # the TSV_COLUMNS of the merged parts' rows
         for first, last, path in self._surviving_parts():
-            table = self._read_part(path)
             if first == last:
-                self._loose.append((path, table))
-            else:
-                self._merged_tsv.append(table.select(self._tsv_columns))
+                self._loose.append((path, self._read_part(path)))
+            else:  # of a merged part, only what results.tsv needs: log tails stay on disk
+                self._merged_tsv.append(self._read_part(path, self._tsv_columns))
             self._count = last + 1
 
     def append(self, row: dict) -> None:
@@ -154,11 +153,13 @@ class ResultStore:
     def _tsv_columns(self) -> list[str]:
         return [name for name in _TSV_COLUMNS if name in self.schema.names]
 
-    def _read_part(self, path: Path) -> pa.Table:
-        table = pq.read_table(path)
-        if not table.schema.equals(self.schema):
-            raise ValueError(f"{path} has other columns than this store: {table.schema.names}")
-        return table
+    def _read_part(self, path: Path, columns: list[str] | None = None) -> pa.Table:
+        """The part at `path` (only `columns` of it, when given); ValueError when its columns
+        are not this store's."""
+        schema = pq.read_schema(path)
+        if not schema.equals(self.schema):
+            raise ValueError(f"{path} has other columns than this store: {schema.names}")
+        return pq.read_table(path, columns=columns)
 
     def _write_part(self, first: int, table: pa.Table) -> Path:
         """Write `table`, rows `first` on, as the part file named for their range."""

@@ -144,9 +144,3 @@ def last_report(ended: TrialOutcome, loss: float | None = None) -> dict:
     if ended.objective is not None:
         report[OBJECTIVE] = ended.objective
     return {**report, OUTCOME: json.dumps(ended.outcome)}
-
-
-def outcome_dict(result: ExperimentResult, last: dict) -> dict:
-    """An outcome shaped as engine.dispatch.run_job's, for a trial that did not return one."""
-    return {"result": result.to_dict(), "started_at": last.get("started_at", time.time()),
-            "finished_at": time.time(), "node": last.get("node", ""), "gpu": last.get("gpu", "")}

@@ -31,6 +31,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable, Collection
 from pathlib import Path
 
@@ -53,7 +54,6 @@ from engine.trial import (
     TrialJob,
     TrialOutcome,
     last_report,
-    outcome_dict,
     trainable,
     written_values,
 )
@@ -278,7 +278,7 @@ class Refinement:
             metrics={"steps": float(last.get("step", 0)) + 1, "final_train_loss": loss},
             message=f"stopped early by ASHA after {seconds:.1f} s of its {budget:g} s of "
                     f"training, at a smoothed training loss of {loss:.4f}")
-        return outcome_dict(result, last)
+        return _outcome_dict(result, last)
 
     def _failed_outcome(self, trial: tune.experiment.Trial, last: dict) -> dict:
         detail = "no error recorded"
@@ -288,7 +288,7 @@ class Refinement:
         result = ExperimentResult(status="crash", objective=None, seed=self._job.seed,
                                   budget_s=self._job.budget_s,
                                   message=f"the trial failed in Ray Tune: {detail}")
-        return outcome_dict(result, last)
+        return _outcome_dict(result, last)
 
     def _files_for(self, values: dict[str, Value]) -> dict[str, str]:
         return write_knobs(self.files, {knob: values[knob.label] for knob in self.knobs})
@@ -384,6 +384,12 @@ class _KnobSearch(OptunaSearch):
                                                states=(optuna.trial.TrialState.RUNNING,)):
             if trial.number not in pending:
                 self._ot_study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+
+
+def _outcome_dict(result: ExperimentResult, last: dict) -> dict:
+    """An outcome shaped as engine.dispatch.run_job's, for a trial that did not return one."""
+    return {"result": result.to_dict(), "started_at": last.get("started_at", time.time()),
+            "finished_at": time.time(), "node": last.get("node", ""), "gpu": last.get("gpu", "")}
 
 
 def _space(knobs: list[Knob]) -> dict[str, optuna.distributions.BaseDistribution]:

@@ -135,3 +135,17 @@ def test_export_tsv_writes_the_original_autoresearch_format(tmp_path):
         "0000007\t2.500000\t1.2\tdiscard\ttoo big\n"
     )
     assert part_files(tmp_path) == ["results", "results.tsv"]
+
+
+def test_results_tsv_lists_merged_rows_the_same_before_and_after_reopening(tmp_path):
+    store = ResultStore(tmp_path / "results", METRICS)
+    for n in range(COMPACT_EVERY + 2):
+        store.append(row(n, log_tail="step 1 loss 3.2\n" * 50))
+    store.export_tsv(tmp_path / "before.tsv", "val_bpb", kept={"e3"})
+    reopened = ResultStore(tmp_path / "results", METRICS)
+    reopened.export_tsv(tmp_path / "after.tsv", "val_bpb", kept={"e3"})
+    lines = (tmp_path / "before.tsv").read_text().splitlines()
+    assert len(lines) == 1 + COMPACT_EVERY + 2
+    assert lines[4] == "0000003\t3.375000\t1.2\tkeep\tchange 3"
+    assert (tmp_path / "after.tsv").read_text() == (tmp_path / "before.tsv").read_text()
+    assert reopened.rows()[0]["log_tail"] == "step 1 loss 3.2\n" * 50

@@ -289,6 +289,10 @@ class Search:
         limit = self.options.max_experiments
         return limit is not None and self._submitted >= limit
 
+    def _out_of_time(self) -> bool:
+        hours = self.options.hours
+        return hours is not None and time.time() - self.state.started_at > hours * 3600
+
     def _out_of_money(self) -> bool:
         limit = self.options.max_cost
         return limit is not None and self.state.spent_usd >= limit
@@ -298,7 +302,7 @@ class Search:
 
     def _finished(self) -> bool:
         """Stop submitting at a limit; end once nothing is in flight (or at once for --target)."""
-        options, now = self.options, time.time()
+        options = self.options
         if self._noise_outstanding == 0 and not self.population.ready:
             log.error("the starting code has no score on any noise seed; see results.tsv")
             self.ended = "the starting code has no score"
@@ -308,7 +312,7 @@ class Search:
             log.info("target %s reached", options.target)
             self.ended = f"target {options.target} reached"
             return True
-        if options.hours is not None and now - self.state.started_at > options.hours * 3600:
+        if self._out_of_time():
             self._end(f"--hours {options.hours} elapsed")
         if self._out_of_experiments():
             self._end(f"--max-experiments {options.max_experiments} ran")
@@ -420,7 +424,7 @@ class Search:
 
     def _submit(self, slots: int, threads: int) -> None:
         while (self._queue and len(self.dispatcher.running) < slots and not self._draining
-               and not self._out_of_experiments()):
+               and not self._out_of_experiments() and not self._out_of_time()):
             experiment = self._queue.popleft()
             experiment.started_at = time.time()
             self.dispatcher.submit(Job(

@@ -117,7 +117,13 @@ def test_real_trials_share_the_gpus_with_mutations_and_find_a_better_learning_ra
     written = re.search(r"^LEARNING_RATE = (\S+)", best.files["train.py"], re.M).group(1)
     assert float(written) == best.values["LEARNING_RATE"]
     assert best.files["train.py"].replace(f"= {written}", "= 1e-4") == files["train.py"]
-    assert len({t.outcome["gpu"] for t in trials}) == 3  # each on a GPU of its own
+    # Trials run at once, each on a GPU of its own. (A trial that starts only once another has
+    # ended may reuse its worker, and so its GPU: how many overlap depends on the machine.)
+    at_once = [(a, b) for a in trials for b in trials if a.trial_id < b.trial_id
+               and a.outcome["started_at"] < b.outcome["finished_at"]
+               and b.outcome["started_at"] < a.outcome["finished_at"]]
+    assert at_once, "no two trials ran at the same time"
+    assert all(a.outcome["gpu"] != b.outcome["gpu"] for a, b in at_once)
     assert any(s < t.outcome["finished_at"] and t.outcome["started_at"] < e
                for s, e in ran for t in trials), "no mutation ran beside the trials"
     assert refinement.running_trials == 0 and refinement.slots_wanted == 0

@@ -46,7 +46,7 @@ FOLDERS = ("results", "repo.git", "tune")  # shown with their file counts
 # The results store writes a part per row and merges every 256 into one: the merged parts are what
 # lasts, the single-row parts a sawtooth of at most 256 files that would blur the growth.
 _MERGED_PART = re.compile(r"part-(\d+)-(?!\1\.)(\d+)\.parquet")
-_TAG = re.compile(r"\n# variant .*\n")
+_TAG = re.compile(r"\nVARIANT = .*\n")
 _RATE = re.compile(r"^LEARNING_RATE = (\S+)", re.M)
 
 
@@ -62,7 +62,7 @@ class SoakAgent:
     def propose(self, context: ProposalContext) -> Proposal:
         self.made += 1
         train = _TAG.sub("\n", context.files["train.py"]).rstrip("\n")
-        train += f"\n# variant {context.island}-{self.made}\n"
+        train += f'\nVARIANT = "{context.island}-{self.made}"\n'
         if self.rng.random() < 0.5:
             rate = float(_RATE.search(train)[1]) * self.rng.uniform(0.8, 1.25)
             train = _RATE.sub(f"LEARNING_RATE = {rate:.6g}", train)

@@ -48,7 +48,8 @@ class InstantAgent:
 
     def propose(self, context: ProposalContext) -> Proposal:
         self.made += 1
-        train = context.files["train.py"] + f"\n# variant {context.island}-{self.made}\n"
+        # A statement, not a comment: a change to comments alone is refused before any GPU.
+        train = context.files["train.py"] + f'\nVARIANT = "{context.island}-{self.made}"\n'
         return Proposal(f"variant {self.made}", {"train.py": train})
 
 

@@ -1,21 +1,51 @@
-"""What an edit must pass before it is committed and reaches a GPU.
+"""What an edit must pass before it is committed and reaches a GPU, and what its change does.
 
-A refused edit is recorded as `rejected` and its reason goes back to the agent.
+An edit is refused, in this order, when it changes a protected file, touches a file the goal file
+does not list as editable, changes nothing, does not compile, or changes only comments, blank
+lines, docstrings or formatting (its syntax tree, without docstrings, is the parent's). A refused
+edit is recorded as `rejected` and its reason goes back to the agent. `code_hash` identifies code
+by the same syntax tree, so a second edit that differs from an earlier one only in its comments is
+refused as a duplicate.
+
+A change is randomness-only when its only effect is on random state: the syntax trees of parent
+and child differ, and are equal once randomness is taken out of both. What is taken out is decided
+by the tree and the data flow, never by the names of variables or words in comments:
+- seed-setting calls (`_SEEDERS`): a statement goes, a call inside an expression becomes its
+  receiver (`torch.Generator().manual_seed(9)` becomes `torch.Generator()`);
+- random generators' constructors (`_GENERATORS`) lose their arguments;
+- a draw (`_DRAWS`) whose result is thrown away goes: it only moves the random stream;
+- a seed variable goes: a name the module assigns and reads only in the arguments of the calls
+  above (`torch.manual_seed(MY_SEED)`), or in the value of another seed variable;
+- an assignment to names read nowhere goes, when its value draws or builds randomness and is
+  made only of random calls, constants, names and attribute access
+  (`rng = np.random.default_rng(3)`, `_ = torch.randn(7)`, never used).
+A randomness-only child can win only on noise. A false alarm costs nothing: every promotion is
+confirmed anyway, and the flag is only told to the agent and recorded.
 """
 
 from __future__ import annotations
 
-import difflib
+import ast
 import hashlib
-import io
-import re
-import tokenize
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from functools import lru_cache
 
 from agents.base import Proposal
 from engine.spec import Spec
 
-# What a line that only reseeds or swaps a random generator mentions.
-_RANDOMNESS = re.compile(r"seed|rng|random|generator", re.IGNORECASE)
+# What a call's name ends with, for each kind of random API (torch, numpy, random, jax, ...).
+_SEEDERS = {"manual_seed", "seed", "manual_seed_all", "set_seed", "set_rng_state", "seed_all"}
+_GENERATORS = {"Generator", "default_rng", "Random", "RandomState", "PRNGKey", "SeedSequence",
+               "PCG64", "Philox", "MT19937"}
+_DRAWS = {"rand", "randn", "randint", "randperm", "rand_like", "randn_like", "randint_like",
+          "normal", "uniform", "random", "bernoulli", "multinomial", "choice", "sample",
+          "getrandbits", "integers", "standard_normal", "exponential", "poisson", "permutation"}
+_RANDOM = _SEEDERS | _GENERATORS | _DRAWS
+# Besides calls in `_RANDOM`, what the value of a dead assignment may be made of for it to go.
+_INERT = (ast.Constant, ast.Name, ast.Attribute, ast.expr_context, ast.keyword, ast.Tuple)
+_ASSIGNMENTS = (ast.Assign, ast.AnnAssign, ast.AugAssign)
 
 
 class Refused(ValueError):
@@ -23,8 +53,8 @@ class Refused(ValueError):
 
 
 def apply_proposal(parent: dict[str, str], proposal: Proposal, spec: Spec) -> dict[str, str]:
-    """The full file set after `proposal`, or `Refused` when it changes what it may not, does not
-    compile, or changes nothing."""
+    """The full file set after `proposal`, or `Refused` when it changes what it may not, changes
+    nothing, does not compile, or would behave as its parent does."""
     for name in sorted(proposal.files):
         if name in spec.protected_files:
             raise Refused(f"it changes {name}, which is protected")
@@ -40,49 +70,238 @@ def apply_proposal(parent: dict[str, str], proposal: Proposal, spec: Spec) -> di
             except SyntaxError as error:
                 where = f"line {error.lineno}: {error.msg}"
                 raise Refused(f"{name} does not compile: {where}") from None
+    if all(name in parent and name.endswith(".py")
+           and _canonical(name, parent[name]) == _canonical(name, text)
+           for name, text in changed.items()):
+        raise Refused("it changes only comments, blank lines, docstrings or formatting: "
+                      "the code would behave as before")
     return {**parent, **changed}
 
 
 def code_hash(files: dict[str, str], editable: tuple[str, ...]) -> str:
-    """Identifies the code of an experiment, for refusing duplicates."""
+    """Identifies the code of an experiment, for refusing duplicates: Python files by their
+    syntax tree without docstrings, so comments and formatting do not count."""
     digest = hashlib.sha256()
     for name in sorted(editable):
-        digest.update(name.encode() + b"\0" + files.get(name, "").encode() + b"\0")
+        canonical = _canonical(name, files.get(name, ""))
+        digest.update(name.encode() + b"\0" + canonical.encode() + b"\0")
     return digest.hexdigest()
 
 
-def changes_only_a_seed(parent: dict[str, str], child: dict[str, str]) -> bool:
-    """Whether every changed line of code is about randomness (a seed, a random generator):
-    such a child can only win on noise. Comments and blank lines do not count, so a note beside a
-    new seed does not hide it; a false alarm costs only a confirmation run."""
-    changed: list[str] = []
-    for name in sorted(set(parent) | set(child)):
-        if parent.get(name) == child.get(name):
-            continue  # most changes touch one file: tokenizing the others costs tens of ms
-        before = _code_lines(name, parent.get(name, ""))
-        after = _code_lines(name, child.get(name, ""))
-        matcher = difflib.SequenceMatcher(a=before, b=after, autojunk=False)
-        for tag, first, last, new_first, new_last in matcher.get_opcodes():
-            if tag != "equal":
-                changed += before[first:last] + after[new_first:new_last]
-    return bool(changed) and all(_RANDOMNESS.search(line) for line in changed)
+def changes_only_randomness(parent: dict[str, str], child: dict[str, str]) -> bool:
+    """Whether the child's code differs from the parent's only in its random state (a seed, a
+    generator, a draw nothing uses): such a child can only win on noise. A change of comments or
+    formatting alone is no change, so not randomness-only either."""
+    changed = [name for name in sorted(set(parent) | set(child))
+               if parent.get(name) != child.get(name)]
+    differs = False
+    for name in changed:
+        if not name.endswith(".py") or name not in parent or name not in child:
+            return False
+        before, after = _code(parent[name]), _code(child[name])
+        if before is None or after is None:
+            return False
+        if before.canonical == after.canonical:
+            continue
+        differs = True
+        # Most changes touch no statement with anything random in it: no need to take randomness
+        # out of both trees (tens of ms on the bundled train.py) to see that.
+        touching = before.random_names | after.random_names
+        removed = Counter(before.statements) - Counter(after.statements)
+        added = Counter(after.statements) - Counter(before.statements)
+        if not any(_touches(statement, touching) for code, dumps in
+                   ((before, removed), (after, added))
+                   for statement, dump in zip(code.tree.body, code.statements, strict=True)
+                   if dump in dumps):
+            return False
+        if _random_free(parent[name]) != _random_free(child[name]):
+            return False
+    return differs
 
 
-def _code_lines(name: str, text: str) -> list[str]:
-    """The non-blank lines of a file, without their comments where it is Python."""
-    if name.endswith(".py"):
-        text = _without_comments(text)
-    return [line.rstrip() for line in text.splitlines() if line.strip()]
+@dataclass(frozen=True)
+class _Code:
+    """A Python file's normalised syntax tree and what the checks read of it."""
+
+    tree: ast.Module  # never changed: _random_free parses its own
+    statements: tuple[str, ...]  # the dump of each top-level statement
+    random_names: frozenset[str]  # the random APIs, and every name read where randomness is seeded
+
+    @property
+    def canonical(self) -> str:
+        return "\n".join(self.statements)
 
 
-def _without_comments(source: str) -> str:
+@lru_cache(maxsize=64)
+def _code(source: str) -> _Code | None:
+    """`source` analysed once (a parent is read again for each of its children); None when it
+    does not parse."""
     try:
-        tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
-    except (tokenize.TokenError, SyntaxError):
-        return source
-    lines = source.splitlines()
-    for token in reversed(tokens):
-        if token.type == tokenize.COMMENT:
-            row, column = token.start
-            lines[row - 1] = lines[row - 1][:column]
-    return "\n".join(lines)
+        tree = _normalised(source)
+    except (SyntaxError, ValueError):
+        return None
+    seeding = {node.id for call in ast.walk(tree)
+               if isinstance(call, ast.Call) and _called(call) in _SEEDERS | _GENERATORS
+               for argument in call.args + [keyword.value for keyword in call.keywords]
+               for node in ast.walk(argument) if isinstance(node, ast.Name)}
+    # and the names the values of those names read (`MY_SEED = BASE + SEED`), and so on
+    while grown := {node.id for statement in tree.body if _assigned_names(statement) & seeding
+                    and getattr(statement, "value", None) is not None
+                    for node in ast.walk(statement.value)
+                    if isinstance(node, ast.Name)} - seeding:
+        seeding |= grown
+    return _Code(tree, tuple(ast.dump(statement) for statement in tree.body),
+                 frozenset(_RANDOM | seeding))
+
+
+def _touches(statement: ast.stmt, names: frozenset[str]) -> bool:
+    """Whether a statement calls a random API or mentions a name that seeds randomness."""
+    return any(_called(node) in _RANDOM or (isinstance(node, ast.Name) and node.id in names)
+               for node in ast.walk(statement))
+
+
+@lru_cache(maxsize=64)
+def _random_free(source: str) -> str:
+    """The dump of a file's normalised tree with its randomness taken out."""
+    return ast.dump(_without_randomness(_normalised(source)))
+
+
+def _canonical(name: str, text: str) -> str:
+    """The text that stands for a file's code: the dumps of its normalised syntax tree's
+    statements for Python (a dump always parses, so it never equals the text of a file that does
+    not), else its text."""
+    code = _code(text) if name.endswith(".py") else None
+    return text if code is None else code.canonical
+
+
+def _normalised(source: str) -> ast.Module:
+    """The syntax tree of `source` without the statements that do nothing: docstrings, any other
+    constant alone on a line, and `pass`, so that an emptied body equals a `pass`."""
+    tree = ast.parse(source)
+    _drop(tree, lambda statement: isinstance(statement, ast.Pass) or (
+        isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Constant)))
+    return tree
+
+
+def _drop(tree: ast.AST, unwanted: Callable[[ast.stmt], bool]) -> None:
+    """Takes the statements `unwanted` picks out of every body in `tree`, in place."""
+    for node in ast.walk(tree):
+        for field, value in ast.iter_fields(node):
+            if isinstance(value, list) and value and isinstance(value[0], ast.stmt):
+                setattr(node, field, [statement for statement in value if not unwanted(statement)])
+
+
+def _without_randomness(tree: ast.Module) -> ast.Module:
+    """`tree` with its randomness taken out (see the module's docstring), in place."""
+    # Every read of a seed variable is in arguments that _RandomCalls takes out, so its
+    # assignments go too: a seed variable added, removed or changed leaves the same tree.
+    seed_variables = _seed_variables(tree)
+    tree.body = [statement for statement in tree.body
+                 if not _assigns_only(statement, seed_variables)]
+    tree = _RandomCalls().visit(tree)
+    # Taking out one dead assignment may leave the names its value read dead in turn.
+    while dead := _dead_assignments(tree):
+        _drop(tree, lambda statement: id(statement) in dead)
+    return tree
+
+
+class _RandomCalls(ast.NodeTransformer):
+    """Takes out seed-setting calls, thrown-away draws and the arguments of generators."""
+
+    def visit_Expr(self, node: ast.Expr) -> ast.Expr | None:
+        if _called(node.value) in _SEEDERS | _DRAWS:
+            return None
+        return self.generic_visit(node)
+
+    def visit_Call(self, node: ast.Call) -> ast.expr:
+        self.generic_visit(node)
+        name = _called(node)
+        if name in _SEEDERS:
+            return node.func.value if isinstance(node.func, ast.Attribute) else ast.Constant(None)
+        if name in _GENERATORS:
+            return ast.Call(func=node.func, args=[], keywords=[])
+        return node
+
+
+def _dead_assignments(tree: ast.Module) -> set[int]:
+    """The ids of assignments to names read nowhere whose value draws or builds randomness and is
+    made of nothing else. Class bodies are left alone: their names are read as attributes
+    (`self.scale`), which a module's names do not show. Reads from other files are not followed."""
+    nodes = list(ast.walk(tree))
+    read = _reads(nodes).keys() | _exported(tree)
+    in_classes = {id(statement) for node in nodes if isinstance(node, ast.ClassDef)
+                  for statement in node.body}
+    return {id(node) for node in nodes
+            if isinstance(node, _ASSIGNMENTS) and node.value is not None
+            and id(node) not in in_classes and _assigns_only(node, _assigned_names(node) - read)
+            and any(_called(part) in _RANDOM for part in ast.walk(node.value))
+            and all(isinstance(part, _INERT) or _called(part) in _RANDOM
+                    for part in ast.walk(node.value))}
+
+
+def _seed_variables(tree: ast.Module) -> set[str]:
+    """The names the module assigns that are read, and read only where they seed random state: in
+    the arguments of a seed-setting call or a generator's constructor, or in the value of another
+    seed variable (`MY_SEED = BASE + SEED` makes BASE one too)."""
+    seeding = {id(node) for call in ast.walk(tree)
+               if isinstance(call, ast.Call) and _called(call) in _SEEDERS | _GENERATORS
+               for argument in call.args + [keyword.value for keyword in call.keywords]
+               for node in ast.walk(argument)}
+    assignments = [statement for statement in tree.body if _assigned_names(statement)]
+    candidates = {name for statement in assignments for name in _assigned_names(statement)}
+    candidates -= _exported(tree)
+    reads = _reads(ast.walk(tree))
+    seed_variables: set[str] = set()
+    while grown := {name for name in candidates - seed_variables
+                    if name in reads and reads[name] <= seeding}:
+        seed_variables |= grown
+        seeding |= {id(node) for statement in assignments
+                    if _assigns_only(statement, seed_variables) and statement.value
+                    for node in ast.walk(statement.value)}
+    return seed_variables
+
+
+def _reads(nodes: Iterable[ast.AST]) -> dict[str, set[int]]:
+    """Every name read among `nodes`, with the ids of the nodes that read it."""
+    reads: dict[str, set[int]] = {}
+    for node in nodes:
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
+            reads.setdefault(node.id, set()).add(id(node))
+    return reads
+
+
+def _exported(tree: ast.Module) -> set[str]:
+    """The names a module's `__all__` lists: other modules read them."""
+    return {element.value for statement in tree.body if isinstance(statement, ast.Assign)
+            and "__all__" in _assigned_names(statement)
+            and isinstance(statement.value, ast.List | ast.Tuple)
+            for element in statement.value.elts if isinstance(element, ast.Constant)}
+
+
+def _targets(statement: ast.AST) -> list[ast.expr]:
+    if isinstance(statement, ast.Assign):
+        return statement.targets
+    return [statement.target] if isinstance(statement, _ASSIGNMENTS) else []
+
+
+def _assigned_names(statement: ast.AST) -> set[str]:
+    """The plain names a statement assigns; none when it assigns anything else as well."""
+    targets = _targets(statement)
+    if not all(isinstance(target, ast.Name) for target in targets):
+        return set()
+    return {target.id for target in targets}
+
+
+def _assigns_only(statement: ast.AST, names: set[str]) -> bool:
+    """Whether `statement` assigns plain names, and only some of `names`."""
+    assigned = _assigned_names(statement)
+    return bool(assigned) and assigned <= names
+
+
+def _called(node: ast.expr) -> str | None:
+    """The last part of the name a call calls (`manual_seed` for `torch.manual_seed(1)`)."""
+    if not isinstance(node, ast.Call):
+        return None
+    if isinstance(node.func, ast.Attribute):
+        return node.func.attr
+    return node.func.id if isinstance(node.func, ast.Name) else None

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from agents.base import Agent, Attempt, ProposalContext
 from engine.branches import Branches
-from engine.checks import Refused, apply_proposal, changes_only_a_seed, code_hash
+from engine.checks import Refused, apply_proposal, changes_only_randomness, code_hash
 from engine.dispatch import Dispatcher, Job, RunFunction
 from engine.journal import Journal
 from engine.knobs import describe_tuning
@@ -405,7 +405,7 @@ class Search:
             self._seen_code.add(digest)
             changes = {name: files[name] for name in proposal.files if name in files}
             experiment.files, experiment.code = files, digest
-            experiment.seed_only = changes_only_a_seed(parent.files, files)
+            experiment.seed_only = changes_only_randomness(parent.files, files)
             experiment.commit = self.repo.commit(
                 parent.commit, changes,
                 f"{experiment.exp_id}: {experiment.description or '(no description)'}")

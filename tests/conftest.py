@@ -61,7 +61,8 @@ class ScriptedAgent:
         if self.edits:
             files = self.edits.pop(0)
             return Proposal(f"scripted edit {self.made}", files)
-        train = context.files["train.py"] + f"\n# variant {self.made} of island {context.island}\n"
+        # A statement, not a comment: a change to comments alone is refused before any GPU.
+        train = context.files["train.py"] + f'\nVARIANT = "{context.island}-{self.made}"\n'
         return Proposal(f"variant {self.made}", {"train.py": train})
 
 

@@ -61,8 +61,9 @@ def test_refused_edits_never_reach_a_gpu_and_go_back_to_the_agent(tmp_path):
         {"notes.md": "my notes\n"},
         {"train.py": "def broken(:\n"},
         {"train.py": original},
-        {"train.py": original + "\n# one change\n"},
-        {"train.py": original + "\n# one change\n"},
+        {"train.py": original.replace("\n\n", "\n\n\n") + "\n# a comment\n"},
+        {"train.py": original + "\nEXTRA = 1\n"},
+        {"train.py": original + "\nEXTRA = 1  # the same code again, with a comment\n"},
     ]
     agent = ScriptedAgent(refused)
     options = SearchOptions(agents=1, budget_s=0.2, max_experiments=6, noise_seeds=2)
@@ -71,11 +72,13 @@ def test_refused_edits_never_reach_a_gpu_and_go_back_to_the_agent(tmp_path):
     rows = rows_of(search)
     rejected = [r for r in rows if r["status"] == "rejected"]
     messages = [r["message"] for r in rejected]
-    assert messages[:5] == [
+    assert messages[:6] == [
         "refused: it changes prepare.py, which is protected",
         "refused: it touches notes.md, which the goal file does not list as editable",
         "refused: train.py does not compile: line 1: invalid syntax",
         "refused: it changes nothing",
+        "refused: it changes only comments, blank lines, docstrings or formatting: the code "
+        "would behave as before",
         "refused: it repeats the code of an earlier experiment",
     ]
     assert all(r["commit"] == "" for r in rejected)

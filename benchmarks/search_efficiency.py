@@ -4,7 +4,7 @@ Both use the same proposer (the offline agent, same seed), the same training bud
 total number of trained experiments. The sequential loop is the original autoresearch's: one
 worker, propose on the current best, keep the child if it scores better, else discard. The
 engine runs `--workers` experiments at once with its islands, noise measurement and confirmed
-promotions; its noise and confirmation runs count as experiments too.
+promotions; its noise, confirmation and control runs count as experiments too.
 
 Printed: each side's wall time and final best, and for the engine the wall time and the number of
 experiments it needed to reach the sequential loop's final best, with the ratios.
@@ -112,7 +112,8 @@ def main() -> None:
     print(f"sequential greedy loop: {seq_wall:7.1f} s, final best {target:.4f}")
     print(f"engine:                 {par_wall:7.1f} s, final best {best_so_far(parallel)[-1]:.4f}")
     print(f"engine experiments: {kinds['mutation']} new ideas, {kinds['baseline']} noise runs, "
-          f"{kinds['confirm']} confirmation runs; {promotions} promotions")
+          f"{kinds['confirm']} confirmation runs, {kinds['control']} control runs; "
+          f"{promotions} promotions")
     print(f"wall-time ratio (sequential / engine, whole runs): {seq_wall / par_wall:.2f}")
     if reached is None:
         print("the engine did not reach the sequential loop's final best")

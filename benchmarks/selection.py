@@ -5,10 +5,12 @@ driver.
 One simulated search is `search --gpus 2 --agents 2` on a simulated clock: two workers, two
 islands; three noise runs of the starting code queued first, then one mutation proposed per free
 worker (islands in turn, the parent chosen by the population) until 30 mutations have been run.
-The runs the population asks for (confirmations) go to the front of the queue; mutations that
-finish before every noise run is in wait, and are judged in order once it is, as in
-`engine/driver.py`. A run takes 1.0 * uniform(0.8, 1.2) time units, times its worker's duration
-factor; the search ends when nothing is queued or running.
+The runs the population asks for (a candidate's confirmation runs and the baseline's control
+runs, taking turns) go to the front of the queue, pinned to one accelerator type as Ray's label
+selector pins them: a free worker takes the first queued run it may run. Mutations that finish
+before every noise run is in wait, and are judged in order once it is, as in `engine/driver.py`.
+A run takes 1.0 * uniform(0.8, 1.2) time units, times its worker's duration factor; the search
+ends when nothing is queued or running.
 
 Scores are minimised, with sigma = 1: the true value of the code, plus drift(t) at the run's start
 t, plus the worker's offset, plus N(0, 1) drawn fresh per run. The conditions:
@@ -20,15 +22,19 @@ t, plus the worker's offset, plus N(0, 1) drawn fresh per run. The conditions:
   duration x1.5), as on a cluster mixing GPU models: the same code scores worse on the slow one.
 
 The candidates, by true value: the starting code is 0; a no-op has its parent's; a seed-only one
-too, and is reported as seed-only; a gain-g one has its parent's minus g sigma. Cells: every
-mutation a no-op; every mutation seed-only; every mutation a no-op but the j-th (j uniform in
-5..25), which gains 1, 2 or 4 sigma.
+too; a gain-g one has its parent's minus g sigma. Cells: every mutation a no-op; every mutation
+seed-only; every mutation a no-op but the j-th (j uniform in 5..n-5), which gains 1, 2 or 4 sigma.
+Every run draws a fresh seed, so a seed-only change scores as a no-op does, and the rules treat
+both alike (every promotion is confirmed): the two cells differ only by chance. Before the rules
+were changed, seed-only candidates were always confirmed and no-ops not: commit ec134c1 has the
+benchmark of those rules.
 
 Printed, per condition and cell, over --searches searches: the share of candidates promoted and of
-searches promoting any (no-op and seed-only cells); the power, the share of searches that promote
-the gain candidate itself (gain cells); false promotions, those whose candidate is not truly
-better than the baseline it replaces, per 1,000 experiments (the mutations an agent proposed);
-and the confirmation cost, the share of all runs that were neither noise runs nor mutations.
+searches promoting any (no-op and seed-only cells); the power, the share of searches whose baseline
+took in the gain, through the candidate or a descendant of it (gain cells); false promotions, those
+whose candidate is not truly better than the baseline it replaces, per 1,000 experiments (the
+mutations an agent proposed); and the confirmation cost, the share of all runs that were neither
+noise runs nor mutations (confirmation and control runs).
 
     .venv/bin/python -m benchmarks.selection [--searches 2000] [--seed 0]
 """
@@ -48,9 +54,13 @@ from engine.spec import Objective
 WORKERS = 2
 ISLANDS = 2
 NOISE_RUNS = 3  # the driver's default --noise-seeds
-MUTATIONS = 30
+MUTATIONS = 30  # per search, unless --mutations says otherwise
+# Two workers run a search of n mutations (and the noise runs) in about 2/3 n time units when
+# nothing is confirmed: the drift condition spreads its drift over that time.
+UNITS_PER_MUTATION = 2 / 3
 RUN_LENGTH = 1.0
-GAIN_AT = (5, 25)  # the gain candidate is the j-th mutation, j uniform in this range
+# The gain candidate is the j-th mutation, j uniform over the search but for this many at each end.
+GAIN_MARGIN = 5
 START = "start"  # the starting code's commit
 OBJECTIVE = Objective("score", "minimize", "Minimize score")
 
@@ -60,15 +70,16 @@ class Condition:
     """How scores and run lengths depend on time and on the worker."""
 
     name: str
-    drift_per_unit: float  # added to every score per unit of simulated time since the start
+    drift: float  # added to every score over the length of a search, in sigmas
     offsets: tuple[float, ...]  # added to every score of a worker, by worker
     duration_factors: tuple[float, ...]  # a run's length on each worker, relative to RUN_LENGTH
+    accelerators: tuple[str, ...]  # the accelerator type of each worker, as Ray would report it
 
 
 CONDITIONS = (
-    Condition("iid", 0.0, (0.0, 0.0), (1.0, 1.0)),
-    Condition("drift", -4.0 / 20.0, (0.0, 0.0), (1.0, 1.0)),
-    Condition("two accelerators", 0.0, (0.0, 3.0), (1.0, 1.5)),
+    Condition("iid", 0.0, (0.0, 0.0), (1.0, 1.0), ("gpu", "gpu")),
+    Condition("drift", -4.0, (0.0, 0.0), (1.0, 1.0), ("gpu", "gpu")),
+    Condition("two accelerators", 0.0, (0.0, 3.0), (1.0, 1.5), ("fast", "slow")),
 )
 
 
@@ -77,23 +88,24 @@ class Cell:
     """What every mutation of a search does to its parent's true value."""
 
     name: str
-    seed_only: bool = False  # every mutation changes only a seed
     gain: float = 0.0  # one mutation (the j-th) improves on its parent by this many sigma
 
 
-CELLS = (Cell("no-op"), Cell("seed-only", seed_only=True),
+CELLS = (Cell("no-op"), Cell("seed-only"),
          Cell("gain 1σ", gain=1.0), Cell("gain 2σ", gain=2.0), Cell("gain 4σ", gain=4.0))
 
 
 @dataclass
 class Run:
-    """One run of one commit on one worker: a noise run, a mutation or a confirmation."""
+    """One run of one commit on one worker: a noise run, a mutation, a confirmation or a
+    control run."""
 
-    kind: str  # "noise", "mutation" or "confirm"
+    kind: str  # "noise", "mutation", "confirm" or "control"
     commit: str
     island: int | None = None
     parent: str = ""  # for mutations: the parent's commit
-    seed_only: bool = False
+    confirms: str = ""  # for confirmation and control runs: the candidate's commit
+    pinned: str = ""  # the accelerator type it must run on ("": any)
     worker: int | None = None  # set when it starts: the accelerator it ran on
 
 
@@ -106,9 +118,9 @@ class Tally:
     promotions: int = 0
     false_promotions: int = 0
     searches_promoting: int = 0
-    gain_promoted: int = 0  # searches that promoted the gain candidate itself
+    gain_promoted: int = 0  # searches whose baseline took in the gain
     runs: int = 0
-    extra_runs: int = 0  # neither noise runs nor mutations: confirmations (later, controls too)
+    extra_runs: int = 0  # neither noise runs nor mutations: confirmation and control runs
 
     def add(self, other: Tally) -> None:
         for name, value in vars(other).items():
@@ -118,15 +130,15 @@ class Tally:
 class EmulatedSearch:
     """The driver's scheduling and bookkeeping around a real `Population`, on a simulated clock.
     Every call into the population is in `_observe_noise`, `_judge`, `_observe_confirmation` and
-    `_apply`, so that a population with another interface needs changes there only."""
+    `_apply`."""
 
     def __init__(self, condition: Condition, cell: Cell, rng: random.Random,
-                 population_seed: int) -> None:
-        self.condition, self.cell, self.rng = condition, cell, rng
+                 population_seed: int, mutations: int = MUTATIONS) -> None:
+        self.condition, self.cell, self.rng, self.mutations = condition, cell, rng, mutations
         self.population = Population(OBJECTIVE, Member(START, {}, []), ISLANDS,
                                      seed=population_seed)
         self.true = {START: 0.0}  # commit -> true value, what the scores are drawn around
-        self.scores: dict[str, list[float]] = {}  # commit -> every score, as the driver keeps
+        self.scores: dict[str, list[tuple[float, str]]] = {}  # commit -> its scores and types
         self.baseline = START  # the commit a promotion replaces, to judge it by true values
         self.queue = deque(Run("noise", START) for _ in range(NOISE_RUNS))
         self.running: list[tuple[float, int, Run, float]] = []  # heap: finish, order, run, score
@@ -135,9 +147,9 @@ class EmulatedSearch:
         self.noise_outstanding = NOISE_RUNS
         self.deferred: list[tuple[Run, float]] = []  # mutations waiting for the noise
         self.proposed = 0
-        self.gain_at = rng.randint(*GAIN_AT) if cell.gain else 0
+        self.gain_at = rng.randint(GAIN_MARGIN, mutations - GAIN_MARGIN) if cell.gain else 0
         self.tally = Tally(searches=1)
-        self.gain_commit = ""
+        self.carrying_gain: set[str] = set()  # the gain candidate and its descendants
 
     def run(self) -> Tally:
         """Run the search to its end; returns what it did."""
@@ -154,13 +166,18 @@ class EmulatedSearch:
     # -- the schedule --------------------------------------------------------------------------
 
     def _dispatch(self) -> None:
-        """Give every free worker the front of the queue, proposing a mutation when it is empty."""
-        while self.free and (self.queue or self.proposed < MUTATIONS):
-            if not self.queue:
+        """Give every free worker the first queued run it may run, proposing a mutation when
+        there is none."""
+        for worker in sorted(self.free):  # at the start both are free: the fast one goes first
+            accelerator = self.condition.accelerators[worker]
+            runnable = next((run for run in self.queue if run.pinned in ("", accelerator)), None)
+            if runnable is None and self.proposed < self.mutations:
                 self._propose()
-            worker = min(self.free)  # at the start both are free: the fast one goes first
-            self.free.remove(worker)
-            self._start(self.queue.popleft(), worker)
+                runnable = self.queue[-1]
+            if runnable is not None:
+                self.queue.remove(runnable)
+                self.free.remove(worker)
+                self._start(runnable, worker)
 
     def _propose(self) -> None:
         island = self.proposed % ISLANDS
@@ -169,15 +186,18 @@ class EmulatedSearch:
         commit = f"m{self.proposed}"
         gain = self.cell.gain if self.proposed == self.gain_at else 0.0
         if gain:
-            self.gain_commit = commit
+            self.carrying_gain.add(commit)
+        if parent.commit in self.carrying_gain:
+            self.carrying_gain.add(commit)
         self.true[commit] = self.true[parent.commit] - gain
-        self.queue.append(Run("mutation", commit, island, parent.commit, self.cell.seed_only))
+        self.queue.append(Run("mutation", commit, island, parent.commit))
 
     def _start(self, run: Run, worker: int) -> None:
         # The score is drawn now: drift follows the start time, when the run's budget is spent.
         condition = self.condition
         run.worker = worker
-        score = (self.true[run.commit] + condition.drift_per_unit * self.now
+        drift = condition.drift * self.now / (UNITS_PER_MUTATION * self.mutations)
+        score = (self.true[run.commit] + drift
                  + condition.offsets[worker] + self.rng.gauss(0.0, 1.0))
         length = RUN_LENGTH * condition.duration_factors[worker] * self.rng.uniform(0.8, 1.2)
         heapq.heappush(self.running, (self.now + length, self.tally.runs, run, score))
@@ -186,15 +206,16 @@ class EmulatedSearch:
 
     def _observe(self, run: Run, score: float) -> None:
         """As the driver's `_observe`: mutations wait until every noise run is in."""
-        self.scores.setdefault(run.commit, []).append(score)
+        self.scores.setdefault(run.commit, []).append((score, self._accelerator(run)))
         if run.kind == "noise":
             self._observe_noise(run, score)
             self.noise_outstanding -= 1
             if self.noise_outstanding == 0:
+                self.population.noise_measured()
                 for waiting, waiting_score in self.deferred:
                     self._judge(waiting, waiting_score)
                 self.deferred.clear()
-        elif run.kind == "confirm":
+        elif run.kind in ("confirm", "control"):
             self._observe_confirmation(run, score)
         elif self.noise_outstanding > 0:
             self.deferred.append((run, score))
@@ -203,53 +224,71 @@ class EmulatedSearch:
 
     # -- the calls into the population ---------------------------------------------------------
 
+    def _accelerator(self, run: Run) -> str:
+        return self.condition.accelerators[run.worker]
+
     def _observe_noise(self, run: Run, score: float) -> None:
-        self.population.observe_baseline_run(score)
+        self.population.observe_baseline_run(score, self._accelerator(run))
 
     def _judge(self, run: Run, score: float) -> None:
         self.tally.candidates += 1
         # The parent as the driver's `_parent` finds it: the population's own member when it
         # still holds it (its runs and child count are what the rules read).
+        scores = self.scores.get(run.parent, [])
         parent = self.population.member(run.island, run.parent) or Member(
-            run.parent, {}, list(self.scores.get(run.parent, [])))
-        child = Member(run.commit, {}, [score], exp_id=run.commit)
+            run.parent, {}, [v for v, _ in scores], accelerators=[a for _, a in scores])
+        child = Member(run.commit, {}, [score], exp_id=run.commit,
+                       accelerators=[self._accelerator(run)])
         attempt = Attempt("", "ok", score, parent.objective if parent.runs else None,
                           exp_id=run.commit)
-        self._apply(self.population.observe_child(run.island, parent, child, attempt,
-                                                  seed_only=run.seed_only))
+        self._apply(self.population.observe_child(run.island, parent, child, attempt))
 
     def _observe_confirmation(self, run: Run, score: float) -> None:
-        self._apply(self.population.observe_confirmation(run.commit, score))
+        observe = (self.population.observe_control if run.kind == "control"
+                   else self.population.observe_confirmation)
+        self._apply(observe(run.confirms, score, self._accelerator(run)))
 
     def _apply(self, decisions: list[Decision]) -> None:
-        """As the driver's `_apply`: confirmations to the front of the queue; a promotion rebased
-        (on the candidate's own commit, so that its true value is found under either)."""
+        """As the driver's `_apply`: a confirmation's runs and control runs, taking turns, to the
+        front of the queue; a promotion rebased (on the candidate's own commit, so that its true
+        value is found under either)."""
         for decision in decisions:
             member = decision.member
             if decision.kind == "confirm":
+                pinned = decision.accelerator
+                turns = []
                 for _ in range(decision.confirm_seeds):
-                    self.queue.appendleft(Run("confirm", member.commit, decision.island))
+                    turns += [Run("control", decision.against.commit, decision.island,
+                                  confirms=member.commit, pinned=pinned),
+                              Run("confirm", member.commit, decision.island,
+                                  confirms=member.commit, pinned=pinned)]
+                self.queue.extendleft(reversed(turns))
             elif decision.kind == "promote":
                 self._count_promotion(member.commit)
                 self.population.rebase_baseline(member.commit)
-                self.scores[member.commit] = list(member.runs)
+                self.scores[member.commit] = list(zip(member.runs, member.accelerators,
+                                                      strict=True))
 
     def _count_promotion(self, commit: str) -> None:
         self.tally.promotions += 1
         self.tally.false_promotions += not self.true[commit] < self.true[self.baseline]
-        self.tally.gain_promoted += commit == self.gain_commit
+        # The gain counts once, whether the candidate itself or a descendant carried it in.
+        taken_in = commit in self.carrying_gain and self.baseline not in self.carrying_gain
+        self.tally.gain_promoted += taken_in
         self.baseline = commit
 
 
 # -- the table -----------------------------------------------------------------------------------
 
 
-def measure(condition: Condition, cell: Cell, searches: int, rng: random.Random) -> Tally:
+def measure(condition: Condition, cell: Cell, searches: int, mutations: int,
+            rng: random.Random) -> Tally:
     """`searches` searches of one cell, added up."""
     total = Tally()
     for _ in range(searches):
         search_rng = random.Random(rng.getrandbits(64))
-        total.add(EmulatedSearch(condition, cell, search_rng, rng.getrandbits(64)).run())
+        total.add(EmulatedSearch(condition, cell, search_rng, rng.getrandbits(64),
+                                 mutations).run())
     return total
 
 
@@ -270,6 +309,7 @@ def row(condition: Condition, cell: Cell, tally: Tally) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--searches", type=int, default=2000, help="simulated searches per cell")
+    parser.add_argument("--mutations", type=int, default=MUTATIONS, help="mutations per search")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     rng = random.Random(args.seed)
@@ -278,7 +318,8 @@ def main() -> None:
     print("|---|---|---:|---:|---:|---:|---:|")
     for condition in CONDITIONS:
         for cell in CELLS:
-            print(row(condition, cell, measure(condition, cell, args.searches, rng)), flush=True)
+            tally = measure(condition, cell, args.searches, args.mutations, rng)
+            print(row(condition, cell, tally), flush=True)
 
 
 if __name__ == "__main__":

@@ -125,6 +125,9 @@ def experiment(task_dir: str, budget: float | None, seed: int, as_json: bool,
               help="Seed of the search: proposers, parent choice and experiment seeds.")
 @click.option("--noise-seeds", type=click.IntRange(min=2), default=3, show_default=True,
               help="Runs of the starting code on different seeds, to measure the noise.")
+@click.option("--confirm-seeds", type=click.IntRange(min=2), default=3, show_default=True,
+              help="Fresh-seed runs of a candidate before it may be promoted, each beside a "
+                   "control run of the baseline.")
 @click.option("--memory-limit", type=click.FloatRange(min=0, min_open=True), metavar="GB",
               help="Kill an experiment whose processes use more memory than this, and record it "
                    "as invalid (default: the goal file's Memory constraint, if any).")
@@ -142,7 +145,7 @@ def search(task_dir: str, agents: int, budget: float | None, max_experiments: in
            hours: float | None, target: float | None, run_dir: str | None,
            address: str | None, gpus: int | None, agent_name: str, models: tuple[str, ...],
            max_cost: float | None, context_tokens: int | None, seed: int, noise_seeds: int,
-           memory_limit: float | None, tune_trials: int,
+           confirm_seeds: int, memory_limit: float | None, tune_trials: int,
            tune_every: int | None, tune_share: float, no_tune: bool, quiet: bool) -> None:
     """Search TASK_DIR with a population of agents on Ray, until a stop condition or Ctrl-C."""
     from engine.cluster import start_ray
@@ -157,8 +160,9 @@ def search(task_dir: str, agents: int, budget: float | None, max_experiments: in
         raise BadInput(f"{folder} already holds a run; choose another --run-dir")
     options = SearchOptions(agents=agents, budget_s=budget, max_experiments=max_experiments,
                             hours=hours, target=target, seed=seed, noise_seeds=noise_seeds,
-                            agent=agent_name, models=models, max_cost=max_cost,
-                            context_tokens=context_tokens, memory_limit_gb=memory_limit,
+                            confirm_seeds=confirm_seeds, agent=agent_name, models=models,
+                            max_cost=max_cost, context_tokens=context_tokens,
+                            memory_limit_gb=memory_limit,
                             tune_trials=0 if no_tune else tune_trials, tune_every=tune_every,
                             tune_share=tune_share)
     for line in task.spec.not_enforced:

@@ -20,6 +20,10 @@ from engine.spec import Spec
 
 REFRESH_S = 1.0  # how often the cluster's resources are read
 NODE_ID_SHOWN = 8  # hex digits of the Ray node id in a result's `node`
+# The node label Ray sets from the GPU model it detects (H100, A10G, L4, ...); a node without it
+# trains on its CPUs, whatever logical GPUs it declares.
+ACCELERATOR_LABEL = "ray.io/accelerator-type"
+CPU = "cpu"
 
 
 @dataclass(frozen=True)
@@ -57,7 +61,15 @@ def run_job(job: Job, run: RunFunction = run_experiment) -> dict:
         "finished_at": time.time(),
         "node": node,
         "gpu": ",".join(str(g) for g in gpus),
+        "accelerator": accelerator_here(),
     }
+
+
+def accelerator_here() -> str:
+    """The GPU model of the node this process runs on, as Ray detected it; cpu where none."""
+    if not ray.is_initialized():
+        return CPU
+    return ray.get_runtime_context().get_node_labels().get(ACCELERATOR_LABEL, CPU)
 
 
 class Dispatcher:
@@ -74,6 +86,8 @@ class Dispatcher:
         self._options: dict[str, float] = {}
         self._refreshed_at = -REFRESH_S
         self._capacity = (0, 1)
+        self._slots_of: dict[str, int] = {}  # GPU model -> experiments its nodes hold at once
+        self._pinned: dict[ray.ObjectRef, str] = {}  # running jobs asked for on one model
         self._has_had_gpus = False
         self.refresh()
 
@@ -95,12 +109,32 @@ class Dispatcher:
             self._options = {"num_gpus": 0, "num_cpus": 1}
             slots = cpus
         self._capacity = (slots, max(cpus // max(slots, 1), 1))
+        self._slots_of = {}
+        for node in ray.nodes():
+            model = node.get("Labels", {}).get(ACCELERATOR_LABEL)
+            if node["Alive"] and model:
+                self._slots_of[model] = self._slots_of.get(model, 0) + int(
+                    node["Resources"].get("GPU", 0)) // self.gpus_per_experiment
         return self._capacity
 
-    def submit(self, job: Job, tag: object) -> None:
-        """Start `job`; `tag` comes back with its outcome."""
-        ref = self._remote.options(**self._options).remote(job, self._run)
+    def can_start(self, accelerator: str) -> bool:
+        """Whether a job for `accelerator` would start now rather than wait in Ray's queue while
+        GPUs of other models idle: the nodes of that model have a slot its pinned jobs leave
+        free. A job for no model, or for one the cluster no longer has, can always start."""
+        slots = self._slots_of.get(accelerator)
+        return slots is None or sum(m == accelerator for m in self._pinned.values()) < slots
+
+    def submit(self, job: Job, tag: object, accelerator: str = "") -> None:
+        """Start `job`; `tag` comes back with its outcome. A job for an `accelerator` type (a
+        confirmation's runs, compared only within one type) runs on a node of that type while
+        the cluster has one; on any node once none is left."""
+        options = self._options
+        if accelerator in self._slots_of:
+            options = {**options, "label_selector": {ACCELERATOR_LABEL: accelerator}}
+        ref = self._remote.options(**options).remote(job, self._run)
         self._running[ref] = tag
+        if accelerator in self._slots_of:
+            self._pinned[ref] = accelerator
 
     @property
     def running(self) -> list[object]:
@@ -120,6 +154,7 @@ class Dispatcher:
         outcomes = []
         for ref in ready:
             tag = self._running.pop(ref)
+            self._pinned.pop(ref, None)
             try:
                 outcomes.append((tag, ray.get(ref)))
             except Exception as error:  # noqa: BLE001 - a lost worker or task must not end the search
@@ -133,4 +168,5 @@ class Dispatcher:
         for ref in self._running:
             ray.cancel(ref, force=True)
         self._running.clear()
+        self._pinned.clear()
         return tags

@@ -8,14 +8,16 @@ The life of one experiment, as `Search.run` drives it:
    island's branch, or records it as `rejected` and tells the agent why;
 3. it runs as a Ray task holding one GPU (engine/dispatch.py, engine/runner.py);
 4. its result is appended to the results store, durably, before anything acts on it;
-5. the population decides (engine/population.py): keep, discard, confirm on fresh seeds,
-   promote into the baseline, reseed a lagging island; the branches follow.
+5. the population decides (engine/population.py): keep, discard, confirm a candidate on fresh
+   seeds beside control runs of the baseline made at the same time, promote it into the baseline
+   when it beats them beyond the noise, reseed a lagging island; the branches follow.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
 import json
 import logging
 import random
@@ -32,7 +34,7 @@ from engine.checks import Refused, apply_proposal, changes_only_randomness, code
 from engine.dispatch import Dispatcher, Job, RunFunction
 from engine.journal import Journal
 from engine.knobs import describe_tuning
-from engine.population import Decision, Member, Population
+from engine.population import CPU, Decision, Member, Population
 from engine.repo import GitError, RunRepo
 from engine.rundir import (
     NOT_TRAINED,
@@ -51,6 +53,8 @@ from engine.tuning import Refinement
 
 log = logging.getLogger("autoresearch")
 
+RANDOMNESS_ONLY = ("its only effect is on randomness (a seed, a random draw): it can only win by "
+                   "luck, and is confirmed on fresh seeds like any change")
 STANDARD_METRICS = ("params", "peak_memory_gb", "steps", "final_train_loss", "loss_spikes")
 AGENT_RETRY_S = (1, 2, 5, 10, 30, 60)  # back-off after consecutive proposer failures
 # Files derived from the results are rewritten on a timer, not per result: the rows themselves
@@ -76,7 +80,7 @@ class SearchOptions:
     target: float | None = None
     seed: int = 0
     noise_seeds: int = 3
-    confirm_seeds: int = 2
+    confirm_seeds: int = 3  # fresh-seed runs of a candidate, each beside a control run
     surplus: int = 2  # proposals kept ready beyond the free GPUs
     max_cost: float | None = None  # dollars the agents may spend; then they stop proposing
     memory_limit_gb: float | None = None  # per experiment; None: the goal file's, if any
@@ -94,7 +98,9 @@ class Experiment:
     """One commit queued or running on one seed."""
 
     exp_id: str
-    kind: str  # "baseline" (a noise run of the start), "mutation" or "confirm"
+    # "baseline" (a noise run of the start), "mutation", "tune", "confirm" (a fresh-seed run of a
+    # candidate) or "control" (a run of the baseline beside a candidate's confirmation)
+    kind: str
     island: int | None
     commit: str
     parent: str  # the parent's commit ("" for the starting code's noise runs)
@@ -104,10 +110,12 @@ class Experiment:
     agent: str
     queued_at: float = field(default_factory=time.time)
     started_at: float | None = None
-    seed_only: bool = False
+    seed_only: bool = False  # its only effect is on randomness (engine/checks.py)
     cost_usd: float = 0.0
     tokens: int = 0
     code: str = ""  # the hash of its editable files (mutations): duplicates stay refused
+    confirms: str = ""  # confirm and control runs: the commit of the candidate they serve
+    accelerator: str = ""  # confirm and control runs: the GPU model they must run on
 
     def journal_entry(self) -> dict:
         """What the journal keeps of it: everything but the files, which its commit holds."""
@@ -123,6 +131,7 @@ class SearchState:
     slots: int = 0
     finished: int = 0
     by_status: dict[str, int] = field(default_factory=dict)
+    by_kind: dict[str, int] = field(default_factory=dict)  # experiments that trained, by kind
     busy_s: float = 0.0  # GPU-seconds spent in experiments
     capacity_s: float = 0.0  # GPU-seconds the cluster offered
     driver_s: float = 0.0  # the driver's own work, waits excluded
@@ -133,6 +142,12 @@ class SearchState:
     @property
     def utilisation(self) -> float:
         return self.busy_s / self.capacity_s if self.capacity_s else 0.0
+
+    @property
+    def confirmation_share(self) -> float:
+        """The share of trained experiments that were confirmation or control runs."""
+        spent = self.by_kind.get("confirm", 0) + self.by_kind.get("control", 0)
+        return spent / self.finished if self.finished else 0.0
 
 
 class Search:
@@ -200,6 +215,10 @@ class Search:
         self._tune_wanted: tuple[Member, int] | None = None  # the next member to tune
         self._trials_recorded: set[str] = set()  # Tune trial ids with a row
         self._best_trial: dict[str, float] = {}  # tuned commit -> best trial score so far
+        # One trial of a tuning is confirmed at a time (6 runs each): a better one that comes
+        # meanwhile waits, and is judged once that confirmation has ended.
+        self._trial_confirming: dict[str, str] = {}  # trial commit -> the commit it tunes
+        self._trial_waiting: dict[str, tuple[Experiment, dict]] = {}  # tuned commit -> trial
         self._since_tuning = 0  # results since the last refinement started (--tune-every)
         self._baseline_island = 0  # the island the baseline came from
         self._noise_outstanding = options.noise_seeds
@@ -278,8 +297,7 @@ class Search:
         if self._out_of_money():
             return (f"its agents have spent ${self.state.spent_usd:.2f} (--max-cost "
                     f"{options.max_cost}); pass a larger --max-cost to go on")
-        if options.target is not None and self.population.ready and not (
-                self.spec.objective.is_better(options.target, self.population.best().objective)):
+        if self._target_reached():
             return f"it reached --target {options.target}; pass another --target to go on"
         if self._noise_outstanding <= 0 and not self.population.ready:
             return "its starting code has no score on any noise seed"
@@ -288,6 +306,13 @@ class Search:
     def _out_of_experiments(self) -> bool:
         limit = self.options.max_experiments
         return limit is not None and self._submitted >= limit
+
+    def _target_reached(self) -> bool:
+        """Whether the baseline, the best confirmed code, is at --target: one lucky run of an
+        island's head does not end a search."""
+        target, baseline = self.options.target, self.population.baseline
+        return target is not None and bool(baseline.runs) and not (
+            self.spec.objective.is_better(target, baseline.objective))
 
     def _out_of_time(self) -> bool:
         hours = self.options.hours
@@ -307,8 +332,7 @@ class Search:
             log.error("the starting code has no score on any noise seed; see results.tsv")
             self.ended = "the starting code has no score"
             return True
-        if options.target is not None and self.population.ready and not (
-                self.spec.objective.is_better(options.target, self.population.best().objective)):
+        if self._target_reached():
             log.info("target %s reached", options.target)
             self.ended = f"target {options.target} reached"
             return True
@@ -379,8 +403,9 @@ class Search:
             del self._proposing[island]
             parent: Member = future.parent  # type: ignore[attr-defined]
             agent = self.agents[island]
-            experiment = Experiment(self._new_id(), "mutation", island, "", parent.commit,
-                                    parent.files, "", self.options.seed, agent.name)
+            exp_id = self._new_id()
+            experiment = Experiment(exp_id, "mutation", island, "", parent.commit, parent.files,
+                                    "", self._fresh_seed(exp_id), agent.name)
             try:
                 proposal = future.result()
             except Exception as error:  # noqa: BLE001 - an agent's failure never ends the search
@@ -411,25 +436,34 @@ class Search:
                 f"{experiment.exp_id}: {experiment.description or '(no description)'}")
             self._enqueue(experiment)
 
-    def _enqueue(self, experiment: Experiment, *, first: bool = False) -> None:
-        """Journal the experiment (durably: from now on a resume runs it), then queue it."""
-        self.journal.append(experiment.journal_entry())
-        self.descriptions[experiment.exp_id] = experiment.description
+    def _enqueue(self, *experiments: Experiment, first: bool = False) -> None:
+        """Journal the experiments (durably: from now on a resume runs them), then queue them, in
+        order, at the back of the queue or (`first`) ahead of everything else."""
+        for experiment in experiments:
+            self.journal.append(experiment.journal_entry())
+            self.descriptions[experiment.exp_id] = experiment.description
         if first:
-            self._queue.appendleft(experiment)
+            self._queue.extendleft(reversed(experiments))
         else:
-            self._queue.append(experiment)
+            self._queue.extend(experiments)
 
     # -- dispatch ------------------------------------------------------------------------------
 
     def _submit(self, slots: int, threads: int) -> None:
+        """Start queued experiments on free GPUs, in queue order, passing over one pinned to a
+        GPU model whose nodes are all busy."""
         while (self._queue and len(self.dispatcher.running) < slots and not self._draining
                and not self._out_of_experiments() and not self._out_of_time()):
-            experiment = self._queue.popleft()
+            experiment = next((e for e in self._queue
+                               if self.dispatcher.can_start(e.accelerator)), None)
+            if experiment is None:
+                break
+            self._queue.remove(experiment)
             experiment.started_at = time.time()
             self.dispatcher.submit(Job(
                 experiment.files, self.spec, experiment.seed, self.budget_s,
-                self.options.grace_s, self._fingerprint, threads), experiment)
+                self.options.grace_s, self._fingerprint, threads), experiment,
+                experiment.accelerator)
             self._submitted += 1
         self.state.running = self.dispatcher.running
 
@@ -512,21 +546,27 @@ class Search:
     def _observe(self, experiment: Experiment, row: dict) -> None:
         """Give one durable result to the population (live, or replayed on resume)."""
         objective = row["objective"] if row["status"] == "ok" else None
+        accelerator = row.get("accelerator") or CPU
         if objective is not None:
-            self._scores.setdefault(experiment.commit, []).append(objective)
+            self._scores.setdefault(experiment.commit, []).append((objective, accelerator))
         if experiment.kind == "baseline":
             if objective is not None and self._fingerprint is None:
                 self._fingerprint = row["data_fingerprint"] or None
-            self.population.observe_baseline_run(objective)
+            self.population.observe_baseline_run(objective, accelerator)
             self._noise_outstanding -= 1
             if self._noise_outstanding == 0:
+                self.population.noise_measured()
                 log.info("noise: sigma %s over %d seeds", self.population.sigma,
                          len(self.population.noise_runs))
                 for waiting, waiting_row in self._deferred:
                     self._judge(waiting, waiting_row)
                 self._deferred.clear()
         elif experiment.kind == "confirm":
-            self._apply(self.population.observe_confirmation(experiment.commit, objective))
+            self._apply(self.population.observe_confirmation(
+                experiment.confirms, objective, accelerator))
+        elif experiment.kind == "control":
+            self._apply(self.population.observe_control(
+                experiment.confirms, objective, accelerator))
         elif experiment.kind == "tune":
             self._trials_recorded.add(row["trial"])
             self._judge_trial(experiment, row)
@@ -540,19 +580,21 @@ class Search:
         objective = row["objective"] if row["status"] == "ok" else None
         parent = self._parent(experiment)
         child = Member(experiment.commit, experiment.files,
-                       [objective] if objective is not None else [], experiment.exp_id)
+                       [objective] if objective is not None else [], experiment.exp_id,
+                       accelerators=[row.get("accelerator") or CPU] if objective is not None
+                       else [])
+        message = row["message"] or (RANDOMNESS_ONLY if experiment.seed_only else "")
         attempt = Attempt(experiment.description, row["status"], objective,
-                          parent.objective if parent.runs else None, row["message"],
+                          parent.objective if parent.runs else None, message,
                           diff=_diff(parent.files, experiment.files), exp_id=experiment.exp_id,
                           log_tail=row.get("log_tail") or "" if row["status"] == "crash" else "")
         self._apply(self.population.observe_child(
-            experiment.island, parent, child, attempt, seed_only=experiment.seed_only,
-            confirm_because=confirm_because))
+            experiment.island, parent, child, attempt, confirm_because=confirm_because))
 
     def _judge_trial(self, experiment: Experiment, row: dict) -> None:
         """A tuning trial is judged like a mutation only when it beats its member and every
-        earlier trial of the same tuning; then it is confirmed on fresh seeds before any
-        promotion, since the best of many noisy trials flatters itself."""
+        earlier trial of the same tuning, and no other trial of that tuning is being confirmed
+        (it waits for that confirmation to end)."""
         objective = row["objective"] if row["status"] == "ok" else None
         if objective is None or experiment.commit == experiment.parent:
             return
@@ -561,38 +603,56 @@ class Search:
         if best is not None and not self.spec.objective.is_better(objective, best):
             return
         self._best_trial[experiment.parent] = objective
-        self._judge(experiment, row, confirm_because="the best of its tuning trials so far: "
-                                                     "chosen among many, so confirmed")
+        if experiment.parent in self._trial_confirming.values():
+            self._trial_waiting[experiment.parent] = (experiment, row)
+        else:
+            self._judge_best_trial(experiment, row)
+
+    def _judge_best_trial(self, experiment: Experiment, row: dict) -> None:
+        self._judge(experiment, row, confirm_because="the best of its tuning trials so far")
+        if experiment.commit in self.population.confirming:
+            self._trial_confirming[experiment.commit] = experiment.parent
 
     def _parent(self, experiment: Experiment) -> Member:
         """The member an experiment changed: the population's own when it still holds it (its
         runs and child count are what the rules read), else its commit with the scores it had."""
         held = self.population.member(experiment.island, experiment.parent)
-        return held or Member(experiment.parent, {}, list(self._scores.get(experiment.parent, [])))
+        if held is not None:
+            return held
+        scores = self._scores.get(experiment.parent, [])
+        return Member(experiment.parent, {}, [value for value, _ in scores],
+                      accelerators=[accelerator for _, accelerator in scores])
 
     def _apply(self, decisions: list[Decision]) -> None:
         """Make the branches and the queue follow the population's decisions. While replaying,
         the branches are reconciled once at the end and confirmations come from the journal."""
+        released = []  # tuning trials that waited for a confirmation that has now ended
         for decision in decisions:
             member, island = decision.member, decision.island
             if decision.kind in ("advance", "reseed") and not self._replaying:
                 self.branches.move_island(island, member.commit)
             elif decision.kind == "confirm" and not self._replaying:
-                log.info("confirming %s on %d fresh seeds: %s", member.exp_id,
-                         decision.confirm_seeds, decision.reason)
-                for _ in range(decision.confirm_seeds):
-                    self._enqueue_confirmation(member, island)
+                log.info("confirming %s: %s", member.exp_id, decision.reason)
+                self._enqueue_confirmation(member, island, decision.against,
+                                           decision.accelerator, decision.confirm_seeds,
+                                           decision.confirm_seeds)
             elif decision.kind == "promote":
                 merged = self._replayed_promotion(member) if self._replaying else None
                 merged = merged or self.branches.promote(member, decision.reason)
                 self.population.rebase_baseline(merged)
-                self._scores[merged] = list(member.runs)
+                self._scores[merged] = list(zip(member.runs, member.accelerators, strict=True))
                 self._baseline_island = island
                 if self.options.tune_trials:
                     self._tune_wanted = (member, island)
                 log.info("promoted %s: %s", member.exp_id, decision.reason)
             elif decision.kind == "reject_promotion":
                 log.info("not promoted %s: %s", member.exp_id, decision.reason)
+            if decision.kind in ("promote", "reject_promotion") and (
+                    member.commit in self._trial_confirming):
+                tuned = self._trial_confirming.pop(member.commit)
+                released += [self._trial_waiting.pop(tuned)] if tuned in self._trial_waiting else []
+        for experiment, row in released:
+            self._judge_best_trial(experiment, row)
 
     def _replayed_promotion(self, member: Member) -> str | None:
         """The promotion's merge commit if it was made before the stop; None: make it now (on
@@ -603,10 +663,24 @@ class Search:
             return member.commit
         return made
 
-    def _enqueue_confirmation(self, member: Member, island: int) -> None:
-        self._enqueue(Experiment(
-            self._new_id(), "confirm", island, member.commit, member.commit, member.files,
-            f"confirm {member.exp_id}", self._rng.randrange(10**6, 10**9), "engine"), first=True)
+    def _enqueue_confirmation(self, member: Member, island: int, baseline: Member,
+                              accelerator: str, runs: int, controls: int) -> None:
+        """Queue, ahead of everything else, a candidate's fresh-seed runs and the control runs of
+        the baseline, taking turns, so that both see the same conditions (load, drift) and the
+        same GPU model."""
+        turns = []
+        for k in range(max(runs, controls)):
+            if k < controls:
+                turns.append(("control", baseline, f"control for {member.exp_id}"))
+            if k < runs:
+                turns.append(("confirm", member, f"confirm {member.exp_id}"))
+        made = []
+        for kind, code, description in turns:
+            exp_id = self._new_id()
+            made.append(Experiment(exp_id, kind, island, code.commit, code.commit, code.files,
+                                   description, self._fresh_seed(exp_id), "engine",
+                                   confirms=member.commit, accelerator=accelerator))
+        self._enqueue(*made, first=True)
 
     def _record_rejected(self, experiment: Experiment, message: str) -> None:
         row = self._row(experiment, None, status="rejected", message=message)
@@ -630,6 +704,7 @@ class Search:
         state.by_status[row["status"]] = state.by_status.get(row["status"], 0) + 1
         if row["status"] not in NOT_TRAINED:
             state.finished += 1
+            state.by_kind[row["kind"]] = state.by_kind.get(row["kind"], 0) + 1
             if row.get("started_at") and row.get("finished_at"):
                 state.busy_s += row["finished_at"] - row["started_at"]
 
@@ -673,23 +748,23 @@ class Search:
     def _requeue(self, unfinished: list[dict]) -> None:
         """Queue again what was queued or in flight, and any confirmation runs the replayed
         population waits for that the journal does not hold."""
-        waiting = self.population.confirming
+        due = {commit: dict(zip(("confirm", "control"), counts, strict=True))
+               for commit, counts in self.population.confirming.items()}
         for entry in unfinished:
-            if entry["kind"] == "confirm":
-                if waiting.get(entry["commit"], 0) <= 0:
-                    continue
-                waiting[entry["commit"]] -= 1
+            if entry["kind"] in ("confirm", "control"):
+                waiting = due.get(entry.get("confirms", ""), {})
+                if waiting.get(entry["kind"], 0) <= 0:
+                    continue  # its candidate was decided without it
+                waiting[entry["kind"]] -= 1
             experiment = _experiment_from(entry, entry)
             experiment.files = self.repo.files_at(experiment.commit)
             self.descriptions[experiment.exp_id] = experiment.description
             self._queue.append(experiment)
-        for commit, missing in waiting.items():
-            member = self.population.member(None, commit) or next(
-                m for m in self.population.reachable() if m.commit == commit)
-            island = next((i.index for i in self.population.islands
-                           if member in (i.head, *i.archive)), 0)
-            for _ in range(missing):
-                self._enqueue_confirmation(member, island)
+        for commit, missing in due.items():
+            if missing["confirm"] or missing["control"]:
+                member, island, baseline, accelerator = self.population.confirmation(commit)
+                self._enqueue_confirmation(member, island, baseline, accelerator,
+                                           missing["confirm"], missing["control"])
         if self._queue:
             log.info("resume: %d experiments queued again", len(self._queue))
 
@@ -759,6 +834,12 @@ class Search:
         self._next_id += 1
         return f"e{self._next_id:05d}"
 
+    def _fresh_seed(self, exp_id: str) -> int:
+        """A seed of its own for each experiment, the same on every resume: a change is never
+        scored on the noise runs' seeds, and no two experiments share one."""
+        digest = hashlib.sha256(f"{self.options.seed}:{self.run_name}:{exp_id}".encode())
+        return int.from_bytes(digest.digest()[:4], "big") % 2**31
+
 
 def _experiment_from(entry: dict, row: dict) -> Experiment:
     """An experiment as the journal (or, for a refused proposal, its row) recorded it; its files
@@ -767,7 +848,8 @@ def _experiment_from(entry: dict, row: dict) -> Experiment:
         row["exp_id"], row["kind"], row["island"], row["commit"], row["parent"], {},
         row["description"], row["seed"], row["agent"], queued_at=row["queued_at"],
         seed_only=entry.get("seed_only", False), cost_usd=row["cost_usd"] or 0.0,
-        tokens=row["tokens"] or 0, code=entry.get("code", ""))
+        tokens=row["tokens"] or 0, code=entry.get("code", ""), confirms=row.get("confirms", ""),
+        accelerator=entry.get("accelerator", ""))
 
 
 def _diff(before: dict[str, str], after: dict[str, str]) -> str:

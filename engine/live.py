@@ -61,7 +61,8 @@ class LiveView:
         per_hour = (state.finished - state.finished_before) / max(elapsed, 1) * 3600
         rates = Text(
             f"experiments {state.finished} ({counts}) · {per_hour:.0f}/h · keep rate "
-            f"{len(population.kept) / trained:.0%} · GPU utilisation {state.utilisation:.0%}"
+            f"{len(population.kept) / trained:.0%} · confirmations "
+            f"{state.confirmation_share:.0%} · GPU utilisation {state.utilisation:.0%}"
             + (f" · cost ${state.spent_usd:.2f}" if state.spent_usd else ""))
         running = Table(box=None, pad_edge=False, header_style="bold")
         for column in ("slot", "experiment", "island", "kind", "description", "time left"):

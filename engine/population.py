@@ -1,16 +1,32 @@
-"""The population: islands, their heads, the shared baseline, the noise, and every keep/promote
-decision. One owner of this state (the driver); pure logic, no git and no Ray, so that each rule
-can be tested on its own.
+"""The population: islands, their heads, the shared baseline, the noise, and every keep/confirm/
+promote decision. One owner of this state (the driver); pure logic, no git and no Ray, so that each
+rule can be tested on its own.
 
 The rules, in the order a result meets them:
-- The baseline is run on several seeds first; the spread of those runs is the noise (sigma).
-- A child that beats its parent is kept: it joins its island's archive, and becomes the island's
-  head when it beats the head too. Everything else is discarded (but stays in the results).
-- A kept child that beats the baseline by more than `z * sigma * sqrt(1 + 1/n_baseline)` is
-  promoted at once; one that beats it by less, or whose only change is a seed, is first re-run on
-  fresh seeds, and promoted only if the mean of all its runs still beats the baseline's mean by
-  `z * sigma * sqrt(1/n_runs + 1/n_baseline)`. A candidate whose fresh-seed runs all give the very
-  same score while the baseline's do not is ignoring the seed it is handed: never promoted.
+- The starting code is run on several seeds first (the noise runs). The noise sigma is pooled from
+  every group of runs of one code made at one time, per accelerator type: the noise runs, then the
+  candidate runs and the control runs of every confirmation. It keeps improving through the
+  search, and its degrees of freedom enter every test as a Student-t quantile.
+- Scores are compared within one accelerator type: a member's level on a type is the mean of its
+  latest runs there (`LEVEL_RUNS`); where it has none there, of its latest runs elsewhere, each
+  moved by the gap the baseline's own runs show between the two types.
+- A child that beats its parent's level is kept: it joins its island's archive, and becomes the
+  island's head when it beats the head too. Everything else is discarded (but stays in the
+  results).
+- A child whose one run beats the baseline's level by more than
+  `SCREEN_Z * sigma * sqrt(1 + 1/n)` is a candidate, kept or not: a parent's lucky score must not
+  hide a real gain over the baseline. One run never promotes anything: the
+  candidate is run again on `confirm_runs` fresh seeds, interleaved with as many control runs of
+  the baseline made at the same time, all pinned to the accelerator type of its first run, so that
+  drift and hardware cancel. The run that selected it never counts again: its luck is why it was
+  chosen.
+- Once those runs are in, the candidate is promoted only if its runs beat the control runs by more
+  than the one-sided Student-t quantile at level `alpha` (0.01), on the pooled sigma and its
+  degrees of freedom; runs that landed on other types are compared type by type and combined by
+  inverse variance. A candidate whose runs all give the very same score while the controls do not
+  is ignoring its seed: never promoted. Either way its level is now that of its unselected runs.
+- A candidate whose baseline was replaced while it was being confirmed is confirmed again, against
+  the new one.
 - An island whose head lags the baseline and has not advanced for `reseed_after` results is
   reseeded from the baseline.
 - Parents are mostly the island's head; sometimes another archive member, favouring good ones with
@@ -25,6 +41,9 @@ import random
 import statistics
 from collections import deque
 from dataclasses import dataclass, field
+from functools import lru_cache
+
+from scipy.stats import t as student_t
 
 from agents.base import Attempt
 from engine.spec import Objective
@@ -32,6 +51,21 @@ from engine.spec import Objective
 HISTORY_LENGTH = 30  # attempts an agent sees of its island
 ARCHIVE_SIZE = 8  # kept members an island remembers as possible parents
 MIN_SIGMA = 1e-6  # a task with no measurable noise still needs a strictly positive margin
+CPU = "cpu"  # the accelerator type of a run that had none
+# The latest runs of a member that make its level: older ones saw other conditions. With 3, the
+# control runs of one confirmation replace the baseline's level whole; with 6 it lagged a drifting
+# machine, and confirmations took 0.46 of the runs of a drifting search of 30 no-op candidates
+# rather than 0.37 (benchmarks/selection.py, 500 searches).
+LEVEL_RUNS = 3
+# The one-sided level of the promotion test. The benchmark (benchmarks/selection.py) measured the
+# share of no-op candidates promoted at this level, under drift and two accelerator types too.
+ALPHA = 0.01
+# How far one run must beat the baseline, in sigmas, to be worth a confirmation. It only spends
+# GPUs (the test above decides which candidate wins): in benchmarks/selection.py (500 searches of
+# 30 candidates, iid), 2.0 spent 0.16 of the runs of no-op searches on confirmations, with a power
+# of 0.42 at a 2 sigma gain and 0.96 at 4 sigma; 1.75 spent 0.20, for 0.48 and 0.98.
+SCREEN_Z = 2.0
+MIN_OWN_DF = 4  # below this, a type's sigma is pooled with every other type's
 
 
 @dataclass
@@ -43,10 +77,21 @@ class Member:
     runs: list[float]  # objective of each run of this exact code
     exp_id: str = ""  # the experiment that produced it ("" for the starting code)
     children: int = 0
+    accelerators: list[str] = field(default_factory=list)  # the type of each run, in order
+
+    def __post_init__(self) -> None:
+        self.accelerators += [CPU] * (len(self.runs) - len(self.accelerators))
 
     @property
     def objective(self) -> float:
         return statistics.fmean(self.runs)
+
+    def add_run(self, value: float, accelerator: str) -> None:
+        self.runs.append(value)
+        self.accelerators.append(accelerator)
+
+    def runs_on(self, accelerator: str) -> list[float]:
+        return [v for v, a in zip(self.runs, self.accelerators, strict=True) if a == accelerator]
 
 
 @dataclass
@@ -67,7 +112,11 @@ class Decision:
     kind: str  # "keep", "advance", "discard", "confirm", "promote", "reject_promotion", "reseed"
     island: int | None = None
     member: Member | None = None  # the commit concerned
-    confirm_seeds: int = 0  # for "confirm": how many fresh-seed runs to queue
+    # For "confirm": how many fresh-seed runs of the candidate to queue, each beside a control run
+    # of `against` (the baseline), all on `accelerator` (CPU: anywhere).
+    confirm_seeds: int = 0
+    against: Member | None = None
+    accelerator: str = CPU
     reason: str = ""
 
 
@@ -75,45 +124,93 @@ class Decision:
 class _Confirmation:
     member: Member
     island: int
-    outstanding: int
+    against: Member  # the baseline its control runs run
+    accelerator: str  # the GPU model its runs are pinned to
+    generation: int  # how many promotions there had been when it was queued
+    runs_due: int  # runs of the candidate still to come
+    controls_due: int  # control runs still to come
+    runs: list[tuple[float, str]] = field(default_factory=list)  # the candidate's, with types
+    controls: list[tuple[float, str]] = field(default_factory=list)
+
+
+class Noise:
+    """The noise sigma per accelerator type, pooled from groups of runs of one code made at one
+    time: a group's spread about its own mean holds no drift between groups."""
+
+    def __init__(self) -> None:
+        self._squares: dict[str, float] = {}  # type -> summed squared deviations
+        self._df: dict[str, int] = {}  # type -> degrees of freedom
+
+    def add_group(self, accelerator: str, values: list[float]) -> None:
+        if len(values) < 2:
+            return
+        mean = statistics.fmean(values)
+        self._squares[accelerator] = self._squares.get(accelerator, 0.0) + sum(
+            (v - mean) ** 2 for v in values)
+        self._df[accelerator] = self._df.get(accelerator, 0) + len(values) - 1
+
+    def estimate(self, accelerator: str | None = None) -> tuple[float, int] | None:
+        """Sigma and its degrees of freedom on `accelerator` (pooled over every type when that
+        type has fewer than MIN_OWN_DF, or when None); None before any repeated run."""
+        if accelerator is not None and self._df.get(accelerator, 0) >= MIN_OWN_DF:
+            squares, df = self._squares[accelerator], self._df[accelerator]
+        else:
+            squares, df = sum(self._squares.values()), sum(self._df.values())
+        if df == 0:
+            return None
+        return max(math.sqrt(squares / df), MIN_SIGMA), df
+
+    def to_dict(self) -> dict:
+        return {accelerator: {"sigma": self.estimate(accelerator)[0], "df": df}
+                for accelerator, df in sorted(self._df.items())}
+
+
+@lru_cache(maxsize=1024)
+def t_quantile(level: float, df: int) -> float:
+    """The one-sided critical value of Student's t with `df` degrees of freedom."""
+    return float(student_t.ppf(1 - level, df))
 
 
 class Population:
     """Islands, baseline and noise; every decision about results goes through `observe_*`."""
 
-    def __init__(self, objective: Objective, start: Member, islands: int, *, z: float = 2.0,
-                 confirm_seeds: int = 2, reseed_after: int = 6, explore: float = 0.2,
+    def __init__(self, objective: Objective, start: Member, islands: int, *, alpha: float = ALPHA,
+                 confirm_seeds: int = 3, reseed_after: int = 6, explore: float = 0.2,
                  seed: int = 0) -> None:
         self.objective = objective
         self.baseline = Member(start.commit, start.files, [], start.exp_id)
         self.noise_runs: list[float] = []
-        self.islands = [Island(k, Member(start.commit, start.files, [], start.exp_id))
-                        for k in range(islands)]
-        self.z, self.confirm_seeds, self.reseed_after, self.explore = (
-            z, confirm_seeds, reseed_after, explore)
+        self.noise = Noise()
+        self._noise_groups: dict[str, list[float]] = {}  # the noise runs by type, pooled on end
+        self.islands = [Island(k, self.baseline) for k in range(islands)]
+        self.alpha, self.confirm_seeds, self.reseed_after, self.explore = (
+            alpha, confirm_seeds, reseed_after, explore)
         self.kept: set[str] = set()  # exp ids that advanced or joined an island
         self.promotions: list[Member] = []
-        self._confirming: dict[str, _Confirmation] = {}  # commit -> its fresh-seed runs
+        self._confirming: dict[str, _Confirmation] = {}  # commit -> its confirmation
         self._rng = random.Random(seed)
 
     # -- the baseline and the noise ------------------------------------------------------------
 
     @property
     def sigma(self) -> float | None:
-        """The measured noise: the standard deviation of the baseline's seed runs."""
-        if len(self.noise_runs) < 2:
-            return None
-        return max(statistics.stdev(self.noise_runs), MIN_SIGMA)
+        """The measured noise, pooled over every accelerator type (None before it is known)."""
+        estimate = self.noise.estimate()
+        return estimate[0] if estimate else None
 
-    def observe_baseline_run(self, objective: float | None) -> None:
+    def observe_baseline_run(self, objective: float | None, accelerator: str = CPU) -> None:
         """A run of the starting code on one of the noise seeds (None: it failed)."""
         if objective is None:
             return
         self.noise_runs.append(objective)
-        self.baseline.runs.append(objective)
-        for island in self.islands:
-            if island.head.commit == self.baseline.commit:
-                island.head.runs = list(self.baseline.runs)
+        self._noise_groups.setdefault(accelerator, []).append(objective)
+        self.baseline.add_run(objective, accelerator)
+
+    def noise_measured(self) -> None:
+        """Every noise run is in: their spread, type by type, is the first estimate of sigma."""
+        for accelerator, values in self._noise_groups.items():
+            self.noise.add_group(accelerator, values)
+        self._noise_groups = {}
 
     @property
     def ready(self) -> bool:
@@ -136,91 +233,157 @@ class Population:
     # -- judging results ------------------------------------------------------------------------
 
     def observe_child(self, island: int, parent: Member, child: Member, attempt: Attempt, *,
-                      seed_only: bool, confirm_because: str = "") -> list[Decision]:
-        """A mutation's result. `child.runs` is empty unless it has a score. A child whose only
-        change is a seed, or that comes with a `confirm_because` (the best of many tuning
-        trials: chosen among many, so its score flatters it), is confirmed on fresh seeds before
-        it is promoted, however far ahead it looks."""
-        if seed_only:
-            confirm_because = "only its seed or random generator changed"
+                      confirm_because: str = "") -> list[Decision]:
+        """A mutation's result: `child.runs` holds its one run (with its accelerator type), or
+        nothing when it has no score. `confirm_because` names why it is judged (a tuning trial:
+        the best of its trials so far) in the confirmation's reason."""
         home = self.islands[island]
         home.history.append(attempt)
         parent.children += 1
         home.stale += 1
         if not child.runs or not parent.runs:
             return self._maybe_reseed(home, [Decision("discard", island, child)])
-        if not self._better(child.objective, parent.objective):
-            return self._maybe_reseed(home, [Decision("discard", island, child)])
-        self.kept.add(child.exp_id)
-        home.archive = self._bounded_archive(home.archive + [child])
-        decisions = [Decision("keep", island, child)]
-        if self._better(child.objective, home.head.objective):
-            home.head, home.stale = child, 0
-            decisions.append(Decision("advance", island, child))
-        if self._better(child.objective, self.baseline.objective):
-            decisions += self._toward_promotion(island, child, confirm_because)
+        value, accelerator = child.runs[-1], child.accelerators[-1]
+        if self._better(value, self._level(parent, accelerator)[0]):
+            self.kept.add(child.exp_id)
+            home.archive = self._bounded_archive(home.archive + [child])
+            decisions = [Decision("keep", island, child)]
+            if self._better(value, self._level(home.head, accelerator)[0]):
+                home.head, home.stale = child, 0
+                decisions.append(Decision("advance", island, child))
+        else:
+            decisions = [Decision("discard", island, child)]
+        decisions += self._screen(island, child, confirm_because)
         return self._maybe_reseed(home, decisions)
 
-    def observe_confirmation(self, commit: str, objective: float | None) -> list[Decision]:
+    def observe_confirmation(self, commit: str, objective: float | None,
+                             accelerator: str = CPU) -> list[Decision]:
         """A fresh-seed run of a candidate waiting for promotion (None: it failed)."""
+        return self._confirmation_run(commit, objective, accelerator, control=False)
+
+    def observe_control(self, commit: str, objective: float | None,
+                        accelerator: str = CPU) -> list[Decision]:
+        """A control run of the baseline made beside the confirmation of candidate `commit`."""
+        return self._confirmation_run(commit, objective, accelerator, control=True)
+
+    def _confirmation_run(self, commit: str, objective: float | None, accelerator: str, *,
+                          control: bool) -> list[Decision]:
         pending = self._confirming.get(commit)
         if pending is None:
             return []
-        pending.outstanding -= 1
+        if control:
+            pending.controls_due -= 1
+        else:
+            pending.runs_due -= 1
         if objective is not None:
-            pending.member.runs.append(objective)
-        if pending.outstanding > 0:
+            (pending.controls if control else pending.runs).append((objective, accelerator))
+            if control and pending.generation == len(self.promotions):
+                self.baseline.add_run(objective, accelerator)  # its level follows conditions
+        if pending.runs_due > 0 or pending.controls_due > 0:
             return []
         del self._confirming[commit]
-        return self._decide_promotion(pending.member, pending.island)
+        return self._decide_promotion(pending)
 
-    def _toward_promotion(self, island: int, child: Member,
-                          confirm_because: str) -> list[Decision]:
-        sigma = self.sigma or MIN_SIGMA
-        margin = self.z * sigma * math.sqrt(1 + 1 / len(self.baseline.runs))
-        advantage = abs(child.objective - self.baseline.objective)
-        if advantage > margin and not confirm_because:
-            return self._promote(island, child, f"beats the baseline by {advantage:.4g} "
-                                                f"(margin {margin:.4g})")
+    def _screen(self, island: int, child: Member, because: str) -> list[Decision]:
+        """A confirmation for a child whose one run is far enough ahead of the baseline."""
         if child.commit in self._confirming:
             return []
-        self._confirming[child.commit] = _Confirmation(child, island, self.confirm_seeds)
-        reason = confirm_because or (
-            f"beats the baseline by {advantage:.4g}, within the noise margin {margin:.4g}")
-        return [Decision("confirm", island, child, self.confirm_seeds, reason)]
+        accelerator = child.accelerators[-1]
+        advantage, margin = self._screened(child.runs[-1:], accelerator)
+        if advantage <= margin:
+            return []
+        reason = (f"{because}; " if because else "") + (
+            f"one run beats the baseline by {advantage:.4g} (screen {margin:.4g}): confirming on "
+            f"{self.confirm_seeds} fresh seeds beside {self.confirm_seeds} control runs")
+        return [self._confirm(island, child, accelerator, reason)]
 
-    def _decide_promotion(self, member: Member, island: int) -> list[Decision]:
-        if len(member.runs) > 1 and len(set(member.runs)) == 1 and len(set(self.noise_runs)) > 1:
+    def _screened(self, values: list[float], accelerator: str) -> tuple[float, float]:
+        """How far the mean of `values` (runs on `accelerator`) is ahead of the baseline's level
+        there, and how far it must be to be worth confirming."""
+        reference, n = self._level(self.baseline, accelerator)
+        margin = SCREEN_Z * self._sigma(accelerator) * math.sqrt(1 / len(values) + 1 / n)
+        return self._advantage(statistics.fmean(values), reference), margin
+
+    def _confirm(self, island: int, member: Member, accelerator: str,
+                 reason: str) -> Decision:
+        self._confirming[member.commit] = _Confirmation(
+            member, island, self.baseline, accelerator, len(self.promotions), self.confirm_seeds,
+            self.confirm_seeds)
+        return Decision("confirm", island, member, self.confirm_seeds, self.baseline,
+                        accelerator, reason)
+
+    def _decide_promotion(self, pending: _Confirmation) -> list[Decision]:
+        member, island = pending.member, pending.island
+        for accelerator in {a for _, a in pending.runs + pending.controls}:
+            for group in (pending.runs, pending.controls):
+                self.noise.add_group(accelerator, [v for v, a in group if a == accelerator])
+        if not pending.runs:
+            return [Decision("reject_promotion", island, member,
+                             reason="none of its confirmation runs has a score")]
+        # Its level is now that of runs nobody selected it on.
+        member.runs = [v for v, _ in pending.runs]
+        member.accelerators = [a for _, a in pending.runs]
+        if pending.generation != len(self.promotions):
+            accelerator = member.accelerators[-1]
+            advantage, margin = self._screened(member.runs_on(accelerator), accelerator)
+            if advantage <= margin:
+                return [Decision("reject_promotion", island, member, reason=(
+                    f"the baseline changed while it was confirmed, and its runs are not ahead of "
+                    f"the new one by more than {margin:.4g} ({advantage:.4g})"))]
+            return [self._confirm(island, member, accelerator, "the baseline changed while it "
+                                  "was confirmed, and it is still ahead: again, against the new "
+                                  "one")]
+        scores = [v for v, _ in pending.runs]
+        if len(scores) > 1 and len(set(scores)) == 1 and len(
+                {v for v, _ in pending.controls}) > 1:
             return [Decision("reject_promotion", island, member,
                              reason="gives the same score on every seed: it ignores its seed")]
-        sigma = self.sigma or MIN_SIGMA
-        margin = self.z * sigma * math.sqrt(1 / len(member.runs) + 1 / len(self.baseline.runs))
-        advantage = self.baseline.objective - member.objective
-        if self.objective.direction == "maximize":
-            advantage = -advantage
-        summary = f"mean of {len(member.runs)} runs beats the baseline by {advantage:.4g}"
-        if advantage > margin:
-            return self._promote(island, member, f"{summary} (margin {margin:.4g})")
-        return [Decision("reject_promotion", island, member,
-                         reason=f"{summary}, not more than the margin {margin:.4g}")]
+        verdict, summary = self._test(pending)
+        if verdict:
+            self.baseline = member
+            self.promotions.append(member)
+            return [Decision("promote", island, member, reason=summary)]
+        return [Decision("reject_promotion", island, member, reason=summary)]
 
-    def _promote(self, island: int, member: Member, reason: str) -> list[Decision]:
-        self.baseline = member
-        self.promotions.append(member)
-        return [Decision("promote", island, member, reason=reason)]
+    def _test(self, pending: _Confirmation) -> tuple[bool, str]:
+        """Whether the candidate's runs beat the control runs beyond the noise: a one-sided
+        t-test on the pooled sigma, type by type, the types combined by inverse variance."""
+        weights = advantage = 0.0
+        df = None
+        for accelerator in sorted({a for _, a in pending.runs} & {a for _, a in pending.controls}):
+            mine = [v for v, a in pending.runs if a == accelerator]
+            theirs = [v for v, a in pending.controls if a == accelerator]
+            estimate = self.noise.estimate(accelerator)
+            if estimate is None:
+                continue
+            sigma, type_df = estimate
+            weight = 1 / (sigma ** 2 * (1 / len(mine) + 1 / len(theirs)))
+            advantage += weight * self._advantage(statistics.fmean(mine),
+                                                  statistics.fmean(theirs))
+            weights += weight
+            df = type_df if df is None else min(df, type_df)
+        runs, controls = len(pending.runs), len(pending.controls)
+        if df is None:
+            return False, (f"{runs} runs and {controls} control runs share no accelerator type "
+                           "with a measured noise: nothing to compare")
+        advantage /= weights
+        statistic, critical = advantage * math.sqrt(weights), t_quantile(self.alpha, df)
+        return statistic > critical, (
+            f"{runs} runs against {controls} control runs: ahead by {advantage:.4g}, t = "
+            f"{statistic:.2f} against {critical:.2f} (one-sided {self.alpha:g}, {df} df)")
 
     def rebase_baseline(self, commit: str) -> None:
         """The driver committed the promotion onto the baseline branch as `commit`."""
-        self.baseline = Member(commit, self.baseline.files, self.baseline.runs,
-                               self.baseline.exp_id)
+        winner = self.baseline
+        self.baseline = Member(commit, winner.files, list(winner.runs), winner.exp_id,
+                               accelerators=list(winner.accelerators))
 
     def _maybe_reseed(self, island: Island, decisions: list[Decision]) -> list[Decision]:
         lagging = not self._better(island.head.objective, self.baseline.objective) if (
             island.head.runs and self.baseline.runs) else False
         if lagging and island.stale >= self.reseed_after and (
-                island.head.commit != self.baseline.commit):
-            island.head = Member(self.baseline.commit, self.baseline.files,
-                                 list(self.baseline.runs), self.baseline.exp_id)
+                island.head is not self.baseline):
+            island.head = self.baseline
             island.archive, island.stale = [], 0
             decisions.append(Decision("reseed", island.index, island.head,
                                       reason="lagged the baseline"))
@@ -228,8 +391,10 @@ class Population:
 
     def to_dict(self) -> dict:
         """The state a checkpoint keeps (commits and scores; the code lives in the run's git)."""
+        estimate = self.noise.estimate()
         return {
-            "noise": {"sigma": self.sigma, "runs": self.noise_runs},
+            "noise": {"sigma": self.sigma, "df": estimate[1] if estimate else 0,
+                      "runs": self.noise_runs, "by_accelerator": self.noise.to_dict()},
             "baseline": _as_dict(self.baseline),
             "islands": [{"head": _as_dict(i.head), "stale": i.stale,
                          "archive": [_as_dict(m) for m in i.archive]} for i in self.islands],
@@ -248,13 +413,21 @@ class Population:
         return self.baseline if self.baseline.commit == commit else None
 
     @property
-    def confirming(self) -> dict[str, int]:
-        """Candidates waiting for fresh-seed runs: commit -> runs still to come."""
-        return {commit: c.outstanding for commit, c in self._confirming.items()}
+    def confirming(self) -> dict[str, tuple[int, int]]:
+        """Candidates being confirmed: commit -> (their runs, control runs) still to come."""
+        return {commit: (c.runs_due, c.controls_due) for commit, c in self._confirming.items()}
+
+    def confirmation(self, commit: str) -> tuple[Member, int, Member, str]:
+        """The candidate `commit` being confirmed, its island, the baseline it is against and the
+        GPU model its runs are pinned to."""
+        pending = self._confirming[commit]
+        return pending.member, pending.island, pending.against, pending.accelerator
 
     def reachable(self) -> list[Member]:
         """Every member a later decision may use: the baseline, heads, archives, candidates."""
-        members = [self.baseline, *(c.member for c in self._confirming.values())]
+        members = [self.baseline]
+        for pending in self._confirming.values():
+            members += [pending.member, pending.against]
         for island in self.islands:
             members += [island.head, *island.archive]
         return members
@@ -263,6 +436,32 @@ class Population:
 
     def _better(self, candidate: float, reference: float) -> bool:
         return self.objective.is_better(candidate, reference)
+
+    def _advantage(self, candidate: float, reference: float) -> float:
+        """How far `candidate` is ahead of `reference` (negative: behind)."""
+        ahead = reference - candidate
+        return ahead if self.objective.direction == "minimize" else -ahead
+
+    def _level(self, member: Member, accelerator: str) -> tuple[float, int]:
+        """The member's level on `accelerator`, and how many runs it holds (see the rules)."""
+        there = member.runs_on(accelerator)[-LEVEL_RUNS:]
+        if there:
+            return statistics.fmean(there), len(there)
+        latest = list(zip(member.runs, member.accelerators, strict=True))[-LEVEL_RUNS:]
+        moved = [v + self._gap(a, accelerator) for v, a in latest]
+        return statistics.fmean(moved), len(moved)
+
+    def _gap(self, source: str, target: str) -> float:
+        """How much higher the baseline scores on `target` than on `source` (0 where it has not
+        run on both)."""
+        here, there = self.baseline.runs_on(source), self.baseline.runs_on(target)
+        if not here or not there:
+            return 0.0
+        return statistics.fmean(there[-LEVEL_RUNS:]) - statistics.fmean(here[-LEVEL_RUNS:])
+
+    def _sigma(self, accelerator: str) -> float:
+        estimate = self.noise.estimate(accelerator)
+        return estimate[0] if estimate else MIN_SIGMA
 
     def _bounded_archive(self, members: list[Member]) -> list[Member]:
         ranked = sorted(members, key=lambda m: m.objective,
@@ -281,4 +480,4 @@ class Population:
 
 def _as_dict(member: Member) -> dict:
     return {"commit": member.commit, "exp_id": member.exp_id, "runs": member.runs,
-            "children": member.children}
+            "accelerators": member.accelerators, "children": member.children}

@@ -54,7 +54,7 @@ def result_row(experiment, outcome: dict | Exception | None, *, run: str, budget
     row = {
         "exp_id": experiment.exp_id, "run": run, "kind": experiment.kind,
         "island": experiment.island, "agent": experiment.agent, "commit": experiment.commit,
-        "parent": experiment.parent,
+        "parent": experiment.parent, "confirms": experiment.confirms,
         "description": experiment.description, "seed": experiment.seed, "budget_s": budget_s,
         "queued_at": experiment.queued_at, "cost_usd": experiment.cost_usd,
         "tokens": experiment.tokens, "status": status, "message": message, "objective": None,
@@ -70,6 +70,7 @@ def result_row(experiment, outcome: dict | Exception | None, *, run: str, budget
             eval_wall_s=result["eval_wall_s"], left_behind=result["left_behind"],
             data_fingerprint=result["data_fingerprint"], started_at=outcome["started_at"],
             finished_at=outcome["finished_at"], node=outcome["node"], gpu=outcome["gpu"],
+            accelerator=outcome["accelerator"],
         )
         row.update({name: value for name, value in result["metrics"].items()
                     if name in metric_columns})

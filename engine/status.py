@@ -49,6 +49,9 @@ def summarise(run: RunData) -> dict:
         "experiments": len(finished),
         "kept": len(kept),
         "keep_rate": len(kept) / len(mutations) if mutations else None,
+        # GPU time spent making sure: a candidate's fresh-seed runs and the baseline's controls
+        "confirmation_share": (sum(r["kind"] in ("confirm", "control") for r in finished)
+                               / len(finished) if finished else None),
         "experiments_per_hour": len(finished) / elapsed * 3600 if elapsed else None,
         "gpu_busy_s": busy,
         "at_once": at_once,
@@ -121,6 +124,7 @@ def format_status(summary: dict, now: float | None = None) -> str:
     per_hour = summary["experiments_per_hour"]
     lines.append(" · ".join([
         f"keep rate {_percent(summary['keep_rate'])} ({summary['kept']} kept)",
+        f"confirmations {_percent(summary['confirmation_share'])} of experiments",
         f"{'-' if per_hour is None else f'{per_hour:,.1f}'} experiments/h",
         f"GPU utilisation {_percent(summary['gpu_utilisation'])} "
         + (f"(of {summary['slots']} slots)" if summary["slots"]

@@ -37,11 +37,14 @@ _NULLABLE = ("island", "objective", "started_at", "finished_at")
 ROW_FIELDS: tuple[pa.Field, ...] = tuple(
     pa.field(name, kind, nullable=name in _NULLABLE) for name, kind in [
         ("exp_id", _S), ("run", _S), ("kind", _S), ("island", pa.int32()), ("agent", _S),
-        ("commit", _S), ("parent", _S), ("description", _S), ("status", _S), ("objective", _F),
+        ("commit", _S), ("parent", _S),
+        ("confirms", _S),  # a confirmation or control run: the commit of the candidate it serves
+        ("description", _S), ("status", _S), ("objective", _F),
         ("seed", pa.int64()), ("budget_s", _F), ("queued_at", _T), ("started_at", _T),
         ("finished_at", _T), ("train_wall_s", _F), ("eval_wall_s", _F), ("node", _S),
-        ("gpu", _S), ("cost_usd", _F), ("tokens", pa.int64()), ("message", _S),
-        ("log_tail", _S), ("left_behind", pa.int32()), ("data_fingerprint", _S),
+        ("gpu", _S), ("accelerator", _S),  # the GPU model Ray reports for the node; cpu: none
+        ("cost_usd", _F), ("tokens", pa.int64()), ("message", _S), ("log_tail", _S),
+        ("left_behind", pa.int32()), ("data_fingerprint", _S),
         ("trial", _S), ("knobs", _S),  # a tuning trial: Tune's id, its knob values as JSON
     ]
 )

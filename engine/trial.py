@@ -22,7 +22,7 @@ import ray
 from ray import tune
 from ray.tune.utils import flatten_dict
 
-from engine.dispatch import Job, run_job
+from engine.dispatch import Job, accelerator_here, run_job
 from engine.knobs import Knob, Value, write_knobs, written_value
 from engine.runner import ExperimentResult, Progress
 from engine.spec import Spec
@@ -114,7 +114,7 @@ def run_trial(config: dict, job: TrialJob) -> None:
     gpus = ray.get_gpu_ids()
     reporter = LossReporter(job.budget_s, {
         "values": values, "started_at": time.time(), "node": socket.gethostname(),
-        "gpu": ",".join(str(g) for g in gpus)})
+        "gpu": ",".join(str(g) for g in gpus), "accelerator": accelerator_here()})
     outcome = run_job(
         Job(files, job.spec, job.seed, job.budget_s, job.grace_s, job.expected_fingerprint,
             job.threads),

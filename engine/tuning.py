@@ -389,7 +389,8 @@ class _KnobSearch(OptunaSearch):
 def _outcome_dict(result: ExperimentResult, last: dict) -> dict:
     """An outcome shaped as engine.dispatch.run_job's, for a trial that did not return one."""
     return {"result": result.to_dict(), "started_at": last.get("started_at", time.time()),
-            "finished_at": time.time(), "node": last.get("node", ""), "gpu": last.get("gpu", "")}
+            "finished_at": time.time(), "node": last.get("node", ""), "gpu": last.get("gpu", ""),
+            "accelerator": last.get("accelerator", "")}
 
 
 def _space(knobs: list[Knob]) -> dict[str, optuna.distributions.BaseDistribution]:

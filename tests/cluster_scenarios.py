@@ -7,8 +7,10 @@ A cluster of several nodes (`ray.cluster_utils.Cluster`) cannot share a process 
 session's local Ray, so the scenarios run here, one after another on one cluster: a head without
 GPUs (the driver's node) and GPU nodes of 2 and 1 logical GPUs. It writes RUN_ROOT/report.json
 (Ray prints on stdout): per scenario, the trained rows and what happened to the cluster meanwhile.
+The two GPU nodes carry the label Ray gives a node with NVIDIA GPUs of one model: A10G and L4.
 
 - spread: a search on the two GPU nodes;
+- pinned: runs asked for on L4 (as a confirmation's runs are) all run there;
 - joins: a node of 2 GPUs is added once the search has 6 results;
 - leaves: that node is removed while experiments run on it, once it has finished one.
 """
@@ -27,12 +29,12 @@ import benchmarks.null_experiment
 from agents import make_agents
 from benchmarks.null_experiment import null_experiment
 from engine.cluster import WORKERS_SOFT_LIMIT
-from engine.dispatch import NODE_ID_SHOWN
+from engine.dispatch import ACCELERATOR_LABEL, NODE_ID_SHOWN, Dispatcher, Job
 from engine.driver import Search, SearchOptions
 from engine.rundir import NOT_TRAINED
 from engine.task import load_task, template_path
 
-COLUMNS = ("exp_id", "status", "node", "started_at", "finished_at")
+COLUMNS = ("exp_id", "status", "node", "started_at", "finished_at", "accelerator")
 
 
 def node_name(node) -> str:
@@ -60,6 +62,19 @@ def trained_rows(search: Search) -> list[dict]:
 def spread(root: Path) -> dict:
     search, rows = search_on_cluster(root / "spread", budget_s=1.0, max_experiments=12)
     return {"rows": rows, "slots": search.state.slots}
+
+
+def pinned() -> dict:
+    """Six null experiments submitted for L4 at once, with a GPU free on the A10G node too."""
+    task = load_task(template_path())
+    dispatcher = Dispatcher(1, null_experiment)
+    for k in range(6):
+        dispatcher.submit(Job(task.files, task.spec, k, 0.2, None, None, 1), k, "L4")
+    outcomes = []
+    while len(outcomes) < 6:
+        outcomes += dispatcher.wait(timeout_s=1.0)
+    return {"runs": [{"node": outcome["node"], "accelerator": outcome["accelerator"]}
+                     for _, outcome in outcomes]}
 
 
 def joins(root: Path, cluster: Cluster) -> tuple[dict, object]:
@@ -110,11 +125,11 @@ def main(root: Path) -> None:
     # Workers import the engine from the installed project; the null experiment travels by value.
     ray.cloudpickle.register_pickle_by_value(benchmarks.null_experiment)
     try:
-        big = cluster.add_node(num_cpus=1, num_gpus=2)
-        small = cluster.add_node(num_cpus=1, num_gpus=1)
+        big = cluster.add_node(num_cpus=1, num_gpus=2, labels={ACCELERATOR_LABEL: "A10G"})
+        small = cluster.add_node(num_cpus=1, num_gpus=1, labels={ACCELERATOR_LABEL: "L4"})
         report = {"head": node_name(cluster.head_node),
                   "gpu_nodes": {"2 GPUs": node_name(big), "1 GPU": node_name(small)},
-                  "spread": spread(root)}
+                  "spread": spread(root), "pinned": pinned()}
         report["joins"], joined = joins(root, cluster)
         report["leaves"] = leaves(root, cluster, joined)
     finally:

@@ -117,6 +117,19 @@ def test_experiments_run_on_every_gpu_node_at_once_and_never_on_the_head(scenari
     assert max(running_at) == 3, "the three GPUs were never busy at once"
 
 
+def test_every_row_names_the_gpu_model_of_its_node(scenarios):
+    models = {scenarios["gpu_nodes"]["2 GPUs"]: "A10G", scenarios["gpu_nodes"]["1 GPU"]: "L4"}
+    rows = scenarios["spread"]["rows"]
+    assert all(row["accelerator"] == models[row["node"].rsplit("/", 1)[-1]] for row in rows)
+
+
+def test_runs_asked_for_on_one_gpu_model_run_only_there(scenarios):
+    runs = scenarios["pinned"]["runs"]
+    assert len(runs) == 6
+    assert {run["accelerator"] for run in runs} == {"L4"}
+    assert {run["node"].rsplit("/", 1)[-1] for run in runs} == {scenarios["gpu_nodes"]["1 GPU"]}
+
+
 def test_a_node_that_joins_mid_search_gets_experiments_without_a_restart(scenarios):
     joins = scenarios["joins"]
     on_new_node = [row for row in joins["rows"] if row["node"].endswith(joins["node"])]

@@ -85,15 +85,22 @@ def test_the_local_model_proposes_an_edit_that_applies_and_compiles(template):
 
 @needs_the_local_extra
 def test_a_search_runs_experiments_the_local_model_proposed(ray_local, template, tmp_path):
-    # One island, no tuning: three proposals in a row, each from the model (about 20 s each on
-    # one busy core). --hours is a backstop: a slow machine fails the test, never hangs it.
-    options = SearchOptions(agents=1, budget_s=0.5, max_experiments=5, noise_seeds=2, seed=3,
+    # One island, no tuning, three proposals from the model (about 20 s each on one busy core),
+    # then a stop (confirmations of changes the landscape likes run in between). --hours is a
+    # backstop: a slow machine fails the test, never hangs it.
+    options = SearchOptions(agents=1, budget_s=0.5, noise_seeds=2, confirm_seeds=2, seed=3,
                             tune_trials=0, hours=5 / 60)
     agents = make_agents("llm", 1, 3, models=["local/smollm2"])
     search = Search(template, tmp_path / "run", options, agents, run=null_experiment)
-    search.run()
+
+    def stop_after_three_proposals():
+        if search.state.by_kind.get("mutation", 0) >= 3:
+            raise KeyboardInterrupt
+
+    search.run(on_tick=stop_after_three_proposals)
     rows = ResultStore(search.run_dir / "results", search._metric_columns()).rows()
-    proposed = [r for r in rows if r["kind"] == "mutation" and r["status"] != "rejected"]
+    proposed = [r for r in rows if r["kind"] == "mutation"
+                and r["status"] not in ("rejected", "interrupted")]
     assert len(proposed) >= 3
     repo = RunRepo(search.run_dir / "repo.git")
     for row in proposed:

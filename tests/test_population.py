@@ -3,106 +3,192 @@
 import pytest
 
 from agents.base import Attempt
-from engine.population import Member, Population
+from engine.population import Member, Noise, Population
 from engine.spec import Objective
 
 MINIMISE = Objective("val_bpb", "minimize", "Minimize val_bpb")
 
 
 def population(noise=(3.00, 3.02, 2.98), islands=2, **options) -> Population:
-    """Baseline measured on three seeds: mean 3.00, sigma 0.02."""
+    """Baseline measured on three seeds: mean 3.00, sigma 0.02 on 2 degrees of freedom."""
     made = Population(MINIMISE, Member("start", {"train.py": "x = 1"}, []), islands, **options)
     for run in noise:
         made.observe_baseline_run(run)
+    made.noise_measured()
     return made
 
 
-def child(commit: str, *runs: float) -> Member:
-    return Member(commit, {"train.py": commit}, list(runs), exp_id=commit)
+def child(commit: str, *runs: float, accelerator: str = "cpu") -> Member:
+    return Member(commit, {"train.py": commit}, list(runs), exp_id=commit,
+                  accelerators=[accelerator] * len(runs))
 
 
-def observe(made: Population, island: int, member: Member, seed_only=False):
-    parent = made.islands[island].head
-    attempt = Attempt(member.commit, "ok" if member.runs else "crash",
-                      member.objective if member.runs else None, parent.objective)
-    return [d.kind for d in made.observe_child(island, parent, member, attempt,
-                                               seed_only=seed_only)]
+def observe(made: Population, island: int, member: Member):
+    return made.observe_child(island, made.islands[island].head, member,
+                              Attempt(member.commit, "ok", None, None))
+
+
+def kinds(decisions) -> list[str]:
+    return [d.kind for d in decisions]
+
+
+def confirm(made: Population, commit: str, runs, controls, accelerator="cpu"):
+    """Feed a confirmation's runs and control runs, taking turns as the driver queues them."""
+    decisions = []
+    for mine, theirs in zip(runs, controls, strict=True):
+        decisions += made.observe_control(commit, theirs, accelerator)
+        decisions += made.observe_confirmation(commit, mine, accelerator)
+    return decisions
 
 
 def test_the_noise_is_the_spread_of_the_baseline_seeds():
     made = population()
     assert made.sigma == pytest.approx(0.02)
+    assert made.noise.estimate() == (pytest.approx(0.02), 2)
     assert made.baseline.objective == pytest.approx(3.00)
     assert made.islands[0].head.objective == pytest.approx(3.00)
 
 
+def test_every_confirmation_adds_its_spread_to_the_noise_estimate():
+    made = population()
+    observe(made, 0, child("far", 2.90))
+    confirm(made, "far", [2.99, 3.01, 3.00], [3.00, 2.98, 3.02])
+    sigma, df = made.noise.estimate()
+    assert df == 2 + 2 + 2
+    assert sigma == pytest.approx(((0.0008 + 0.0002 + 0.0008) / 6) ** 0.5)
+
+
+def test_the_noise_of_each_accelerator_type_is_its_own_once_measured_enough():
+    noise = Noise()
+    noise.add_group("A10G", [1.0, 1.1, 0.9])
+    noise.add_group("L4", [2.0, 2.4, 1.6, 2.0, 2.0])
+    assert noise.estimate("L4")[1] == 4
+    assert noise.estimate("L4")[0] == pytest.approx((0.32 / 4) ** 0.5)
+    assert noise.estimate("A10G") == noise.estimate()  # 2 df of its own: pooled with the rest
+    assert noise.estimate()[1] == 6
+
+
 def test_a_child_worse_than_its_parent_is_discarded():
     made = population()
-    assert observe(made, 0, child("worse", 3.10)) == ["discard"]
+    assert kinds(observe(made, 0, child("worse", 3.10))) == ["discard"]
     assert made.islands[0].head.commit == "start"
     assert made.kept == set()
 
 
 def test_a_child_without_a_score_is_discarded():
     made = population()
-    assert observe(made, 0, child("crashed")) == ["discard"]
+    assert kinds(observe(made, 0, child("crashed"))) == ["discard"]
 
 
-def test_a_child_that_beats_its_parent_within_the_noise_is_kept_and_confirmed():
+def test_a_child_that_beats_its_parent_within_the_noise_is_kept_without_a_confirmation():
     made = population()
-    assert observe(made, 0, child("slightly", 2.97)) == ["keep", "advance", "confirm"]
+    assert kinds(observe(made, 0, child("slightly", 2.99))) == ["keep", "advance"]
     assert made.islands[0].head.commit == "slightly"
     assert made.baseline.commit == "start"
     assert made.kept == {"slightly"}
 
 
-def test_a_child_far_beyond_the_noise_is_promoted_at_once():
+def test_one_run_never_promotes_however_far_ahead_it_looks():
     made = population()
-    assert observe(made, 1, child("much", 2.50)) == ["keep", "advance", "promote"]
-    assert made.baseline.commit == "much"
-    assert made.promotions[-1].commit == "much"
-
-
-def test_a_seed_only_change_is_confirmed_however_large_its_gain():
-    made = population()
-    assert observe(made, 0, child("lucky", 2.50), seed_only=True)[-1] == "confirm"
+    decisions = observe(made, 1, child("much", 2.50, accelerator="H100"))
+    assert kinds(decisions) == ["keep", "advance", "confirm"]
+    assert decisions[-1].confirm_seeds == 3
+    assert decisions[-1].against is made.baseline
+    assert decisions[-1].accelerator == "H100"
     assert made.baseline.commit == "start"
 
 
-def test_confirmation_promotes_on_the_mean_of_all_runs():
+def test_a_candidate_that_beats_its_control_runs_beyond_the_noise_is_promoted():
     made = population()
-    assert observe(made, 0, child("real", 2.96))[-1] == "confirm"
-    assert made.observe_confirmation("real", 2.94) == []
-    decisions = made.observe_confirmation("real", 2.95)
-    assert [d.kind for d in decisions] == ["promote"]
-    assert made.baseline.objective == pytest.approx(2.95)
+    observe(made, 0, child("real", 2.90))
+    decisions = confirm(made, "real", [2.90, 2.92, 2.91], [3.00, 3.01, 2.99])
+    assert kinds(decisions) == ["promote"]
+    assert made.baseline.commit == "real"
+    assert "3 runs against 3 control runs" in decisions[0].reason
 
 
-def test_confirmation_refuses_a_candidate_whose_mean_falls_back_into_the_noise():
+def test_the_run_that_selected_a_candidate_never_counts_again():
     made = population()
-    observe(made, 0, child("fluke", 2.96))
-    made.observe_confirmation("fluke", 3.01)
-    decisions = made.observe_confirmation("fluke", 3.02)
-    assert [d.kind for d in decisions] == ["reject_promotion"]
+    observe(made, 0, child("lucky", 2.90))
+    decisions = confirm(made, "lucky", [3.00, 2.99, 3.01], [3.00, 3.01, 2.99])
+    assert kinds(decisions) == ["reject_promotion"]
     assert made.baseline.commit == "start"
+    assert made.member(0, "lucky").runs == [3.00, 2.99, 3.01]  # its lucky 2.90 is gone
+
+
+def test_drift_cancels_against_control_runs_made_at_the_same_time():
+    made = population()
+    observe(made, 0, child("drifted", 2.90))
+    # Everything got faster since the noise runs: the candidate beats the old baseline mean by
+    # 0.2, but not the baseline run beside it.
+    decisions = confirm(made, "drifted", [2.80, 2.81, 2.79], [2.80, 2.79, 2.81])
+    assert kinds(decisions) == ["reject_promotion"]
+    made = population()
+    observe(made, 0, child("slower-but-better", 2.90))
+    decisions = confirm(made, "slower-but-better", [3.10, 3.11, 3.09], [3.20, 3.21, 3.19])
+    assert kinds(decisions) == ["promote"]
+
+
+def test_few_degrees_of_freedom_widen_the_margin():
+    runs, controls = [2.97, 2.98, 2.96], [3.00, 3.01, 2.99]
+    scarce = population(noise=(3.00, 3.02))  # sigma on 1 df
+    observe(scarce, 0, child("c", 2.90))
+    assert kinds(confirm(scarce, "c", runs, controls)) == ["reject_promotion"]
+    plenty = population(noise=(3.00, 3.02, 2.98, 3.01, 2.99, 3.00, 3.02, 2.98, 3.01, 2.99))
+    observe(plenty, 0, child("c", 2.90))
+    assert kinds(confirm(plenty, "c", runs, controls)) == ["promote"]
+
+
+def test_runs_are_compared_only_within_one_accelerator_type():
+    made = population()
+    observe(made, 0, child("elsewhere", 2.90))
+    decisions = []
+    for _ in range(3):
+        decisions += made.observe_control("elsewhere", 3.60, "L4")  # a slower GPU model
+        decisions += made.observe_confirmation("elsewhere", 2.99, "A10G")
+    assert kinds(decisions) == ["reject_promotion"]
+    assert "share no accelerator type" in decisions[0].reason
 
 
 def test_a_candidate_that_ignores_its_seed_is_never_promoted():
     made = population()
-    observe(made, 0, child("fixed-seed", 2.90), seed_only=True)
-    made.observe_confirmation("fixed-seed", 2.90)
-    decisions = made.observe_confirmation("fixed-seed", 2.90)
-    assert decisions[0].kind == "reject_promotion"
+    observe(made, 0, child("fixed-seed", 2.90))
+    decisions = confirm(made, "fixed-seed", [2.90, 2.90, 2.90], [3.00, 3.01, 2.99])
+    assert kinds(decisions) == ["reject_promotion"]
     assert "ignores its seed" in decisions[0].reason
+
+
+def test_a_candidate_whose_baseline_was_replaced_meanwhile_is_confirmed_again():
+    made = population()
+    observe(made, 0, child("first", 2.90))
+    observe(made, 1, child("second", 2.90))
+    confirm(made, "first", [2.90, 2.91, 2.89], [3.00, 3.01, 2.99])
+    made.rebase_baseline("merged-first")
+    decisions = confirm(made, "second", [2.80, 2.81, 2.79], [3.00, 3.01, 2.99])
+    assert kinds(decisions) == ["confirm"]
+    assert decisions[0].against.commit == "merged-first"
+    assert kinds(confirm(made, "second", [2.80, 2.81, 2.79], [2.90, 2.91, 2.89])) == ["promote"]
+
+
+def test_a_candidate_the_new_baseline_has_overtaken_is_not_confirmed_again():
+    made = population()
+    observe(made, 0, child("big", 2.50))
+    observe(made, 1, child("small", 2.90))
+    confirm(made, "big", [2.50, 2.51, 2.49], [3.00, 3.01, 2.99])
+    decisions = confirm(made, "small", [2.90, 2.91, 2.89], [3.00, 3.01, 2.99])
+    assert kinds(decisions) == ["reject_promotion"]
+    assert "baseline changed" in decisions[0].reason
+    assert made.baseline.commit == "big"
 
 
 def test_an_island_lagging_the_baseline_is_reseeded_from_it():
     made = population(reseed_after=3)
-    observe(made, 1, child("winner", 2.50))  # island 1 promotes; island 0 now lags
-    kinds = []
+    observe(made, 1, child("winner", 2.50))  # island 1 wins; island 0 now lags
+    confirm(made, "winner", [2.50, 2.51, 2.49], [3.00, 3.01, 2.99])
+    kinds_seen = []
     for k in range(3):
-        kinds += observe(made, 0, child(f"dud{k}", 3.5))
-    assert kinds[-1] == "reseed"
+        kinds_seen += kinds(observe(made, 0, child(f"dud{k}", 3.5)))
+    assert kinds_seen[-1] == "reseed"
     assert made.islands[0].head.commit == "winner"
     assert made.islands[0].stale == 0
 
@@ -112,10 +198,11 @@ def test_maximising_objectives_promote_higher_scores():
     made = Population(maximise, Member("start", {}, []), 1)
     for run in (0.80, 0.81, 0.79):
         made.observe_baseline_run(run)
-    parent = made.islands[0].head
-    decisions = made.observe_child(0, parent, child("better", 0.90),
-                                   Attempt("better", "ok", 0.90, 0.80), seed_only=False)
-    assert [d.kind for d in decisions] == ["keep", "advance", "promote"]
+    made.noise_measured()
+    decisions = made.observe_child(0, made.islands[0].head, child("better", 0.90),
+                                   Attempt("better", "ok", 0.90, 0.80))
+    assert kinds(decisions) == ["keep", "advance", "confirm"]
+    assert kinds(confirm(made, "better", [0.90, 0.91, 0.89], [0.80, 0.81, 0.79])) == ["promote"]
 
 
 def test_parents_are_mostly_the_head_and_sometimes_other_archive_members():

@@ -21,7 +21,8 @@ def real_run(ray_local, tmp_path_factory):
     spent before train.py's first step (its loop's first check already finds it so), so a run's
     score depends on its seed alone, the model as initialised, and not on how many steps a busy
     machine fits into a second."""
-    options = SearchOptions(agents=1, budget_s=1e-12, max_experiments=2, noise_seeds=2)
+    options = SearchOptions(agents=1, budget_s=1e-12, grace_s=60, max_experiments=2,
+                            noise_seeds=2)
     search = Search(load_task(template_path()), tmp_path_factory.mktemp("real") / "run",
                     options, make_agents("offline", 1, 0))
     search.run()

@@ -1,5 +1,6 @@
 """The search: a population of agents on git branches, experiments on Ray, winners promoted."""
 
+import dataclasses
 import re
 import time
 
@@ -9,6 +10,7 @@ from agents import make_agents
 from benchmarks.null_experiment import null_experiment
 from engine.driver import Search, SearchOptions
 from engine.repo import RunRepo, branch_name
+from engine.rundir import read_run_info
 from engine.store import ResultStore
 from engine.task import load_task, template_path
 from tests.conftest import ScriptedAgent
@@ -24,15 +26,29 @@ def trained(rows: list[dict]) -> list[dict]:
     return [r for r in rows if r["status"] not in ("rejected",)]
 
 
-def test_a_real_search_trains_several_at_once_commits_each_and_promotes_a_winner(
+BUG = "model.ln_final.weight.data *= 100.0  # overconfident logits\n"
+
+
+def test_a_real_search_trains_several_at_once_commits_each_and_promotes_a_confirmed_winner(
         slow_start_task, tmp_path):
-    options = SearchOptions(agents=2, budget_s=3, grace_s=30, max_experiments=10, seed=1)
-    search = Search(slow_start_task, tmp_path / "run", options, make_agents("offline", 2, 1))
+    """The starting code has a bug that makes its predictions a hundred times too confident
+    (about 150 bits per byte, against 7 to 8 without it, however few steps a busy machine fits in
+    the budget). One agent fixes it; the other is the offline proposer."""
+    source = slow_start_task.files["train.py"]
+    broken = source.replace("model = GPT().to(device)\n", "model = GPT().to(device)\n" + BUG)
+    assert broken != source
+    task = dataclasses.replace(slow_start_task, files={**slow_start_task.files,
+                                                       "train.py": broken})
+    agents = [ScriptedAgent([{"train.py": source}]), make_agents("offline", 2, 1)[1]]
+    options = SearchOptions(agents=2, budget_s=1, grace_s=60, max_experiments=10, seed=1,
+                            noise_seeds=2, confirm_seeds=2)
+    search = Search(task, tmp_path / "run", options, agents)
     search.run()
     rows = rows_of(search)
     ran = trained(rows)
     assert len(ran) == 10
     assert sum(r["status"] == "ok" for r in ran) >= 8
+    assert {r["accelerator"] for r in ran} == {"cpu"}
     overlapping = [(a, b) for a in ran for b in ran if a is not b and
                    a["started_at"] < b["finished_at"] and b["started_at"] < a["finished_at"]]
     assert overlapping, "no two experiments ran at the same time"
@@ -40,12 +56,19 @@ def test_a_real_search_trains_several_at_once_commits_each_and_promotes_a_winner
     for row in ran:
         assert row["status"] in repo.note(row["commit"])
     for row in (r for r in ran if r["kind"] == "mutation"):
-        assert row["description"].startswith("LEARNING_RATE")
-        assert repo.files_at(row["commit"]) != slow_start_task.files
-    assert search.population.promotions, "nothing was promoted"
-    winner = search.population.promotions[-1]
+        assert repo.files_at(row["commit"]) != task.files
+        if row["agent"] == "offline":
+            assert row["description"].startswith("LEARNING_RATE")
+    assert len({r["seed"] for r in ran}) == len(ran), "two experiments shared a seed"
+
+    winner = next(r for r in ran if r["description"] == "scripted edit 1")
+    assert [m.exp_id for m in search.population.promotions] == [winner["exp_id"]]
+    confirmation = [r for r in ran if r["confirms"] == winner["commit"]]
+    assert sorted(r["kind"] for r in confirmation) == ["confirm"] * 2 + ["control"] * 2
+    start = read_run_info(search.run_dir)["start_commit"]
+    assert {r["commit"] for r in confirmation if r["kind"] == "control"} == {start}
     baseline = repo.branch(branch_name(search.run_name, None))
-    assert repo.files_at(baseline) == repo.files_at(winner.commit)
+    assert repo.files_at(baseline) == repo.files_at(winner["commit"])
     for island in search.population.islands:
         assert repo.branch(branch_name(search.run_name, island.index)) == island.head.commit
     tsv = (search.run_dir / "results.tsv").read_text().splitlines()
@@ -95,7 +118,7 @@ def test_crashing_and_hanging_candidates_never_stop_the_search(tmp_path):
     task = load_task(template_path())
     crash = {"train.py": "raise RuntimeError('diverged')\n"}
     hang = {"train.py": "import time\nwhile True:\n    time.sleep(1)\n"}
-    options = SearchOptions(agents=1, budget_s=1, grace_s=15, max_experiments=6, noise_seeds=2)
+    options = SearchOptions(agents=1, budget_s=1, grace_s=30, max_experiments=6, noise_seeds=2)
     search = Search(task, tmp_path / "run", options, [ScriptedAgent([crash, hang])])
     started = time.monotonic()
     search.run()

@@ -47,20 +47,24 @@ def leaderboard(run: RunData, top: int = TOP) -> str:
         return "No experiment has a score yet."
     baseline = [r["objective"] for r in scored if r["kind"] == "baseline"]
     ranked = ranked_mutations(rows, direction)
+    promoted = set(run.promoted)
     lines = [f"Leaderboard ({metric}, {'lower' if direction == 'minimize' else 'higher'} is "
-             f"better; {len(rows)} experiments)",
-             f"{'rank':>4}  {'exp':7} {'island':>6}  {metric:>10}  description"]
+             f"better; {len(rows)} experiments; one run each, * promoted)",
+             f"{'rank':>4}  {'exp':8} {'island':>6}  {metric:>10}  description"]
     for rank, row in enumerate(ranked[:top], start=1):
-        lines.append(f"{rank:>4}  {row['exp_id']:7} {row['island']:>6}  "
+        name = row["exp_id"] + ("*" if row["exp_id"] in promoted else "")
+        lines.append(f"{rank:>4}  {name:8} {row['island']:>6}  "
                      f"{row['objective']:>10.6f}  {row['description']}")
     if baseline:
         start = sum(baseline) / len(baseline)
         lines.append(f"starting code: {start:.6f} (mean of {len(baseline)} seeds)")
-        if ranked:
-            gain = start - ranked[0]["objective"]
-            if direction == "maximize":
-                gain = -gain
-            lines.append(f"best gain over the starting code: {gain:+.6f}")
+        confirmed = run.population.get("baseline", {})
+        if promoted and confirmed.get("runs"):
+            # A single run chosen as the best of many flatters itself: the baseline's score is
+            # the mean of runs made after it was chosen (its confirmation and control runs).
+            runs = confirmed["runs"]
+            lines.append(f"baseline: {sum(runs) / len(runs):.6f} ({confirmed['exp_id']}, mean "
+                         f"of {len(runs)} runs made after it was chosen)")
     return "\n".join(lines)
 
 

@@ -40,14 +40,16 @@ def test_a_real_search_trains_several_at_once_commits_each_and_promotes_a_confir
     task = dataclasses.replace(slow_start_task, files={**slow_start_task.files,
                                                        "train.py": broken})
     agents = [ScriptedAgent([{"train.py": source}]), make_agents("offline", 2, 1)[1]]
-    options = SearchOptions(agents=2, budget_s=1, grace_s=60, max_experiments=10, seed=1,
+    # 2 noise runs and the first proposal of each agent start at once; the fix's confirmation
+    # (2 runs beside 2 control runs) goes ahead of anything proposed after.
+    options = SearchOptions(agents=2, budget_s=1, grace_s=60, max_experiments=8, seed=1,
                             noise_seeds=2, confirm_seeds=2)
     search = Search(task, tmp_path / "run", options, agents)
     search.run()
     rows = rows_of(search)
     ran = trained(rows)
-    assert len(ran) == 10
-    assert sum(r["status"] == "ok" for r in ran) >= 8
+    assert len(ran) == 8
+    assert sum(r["status"] == "ok" for r in ran) >= 7
     assert {r["accelerator"] for r in ran} == {"cpu"}
     overlapping = [(a, b) for a in ran for b in ran if a is not b and
                    a["started_at"] < b["finished_at"] and b["started_at"] < a["finished_at"]]

@@ -20,6 +20,7 @@ import difflib
 import hashlib
 import json
 import logging
+import math
 import random
 import time
 from collections import deque
@@ -438,14 +439,18 @@ class Search:
 
     def _enqueue(self, *experiments: Experiment, first: bool = False) -> None:
         """Journal the experiments (durably: from now on a resume runs them), then queue them, in
-        order, at the back of the queue or (`first`) ahead of everything else."""
+        order, at the back of the queue or (`first`) behind the confirmations already queued and
+        ahead of everything else."""
         for experiment in experiments:
             self.journal.append(experiment.journal_entry())
             self.descriptions[experiment.exp_id] = experiment.description
-        if first:
-            self._queue.extendleft(reversed(experiments))
-        else:
+        if not first:
             self._queue.extend(experiments)
+            return
+        at = next((k for k, queued in enumerate(self._queue)
+                   if queued.kind not in ("confirm", "control")), len(self._queue))
+        for offset, experiment in enumerate(experiments):
+            self._queue.insert(at + offset, experiment)
 
     # -- dispatch ------------------------------------------------------------------------------
 
@@ -558,6 +563,8 @@ class Search:
                 self.population.noise_measured()
                 log.info("noise: sigma %s over %d seeds", self.population.sigma,
                          len(self.population.noise_runs))
+                # Best first, so that the most promising candidate is confirmed first.
+                self._deferred.sort(key=self._promise)
                 for waiting, waiting_row in self._deferred:
                     self._judge(waiting, waiting_row)
                 self._deferred.clear()
@@ -575,6 +582,14 @@ class Search:
         else:
             self._since_tuning += 1
             self._judge(experiment, row)
+
+    def _promise(self, waiting: tuple[Experiment, dict]) -> float:
+        """Sorts results best first, those without a score last."""
+        row = waiting[1]
+        if row["status"] != "ok" or row["objective"] is None:
+            return math.inf
+        return row["objective"] if self.spec.objective.direction == "minimize" else (
+            -row["objective"])
 
     def _judge(self, experiment: Experiment, row: dict, confirm_because: str = "") -> None:
         objective = row["objective"] if row["status"] == "ok" else None

@@ -82,7 +82,9 @@ def joins(root: Path, cluster: Cluster) -> tuple[dict, object]:
 
     def add_node_after_six_results(search: Search) -> None:
         if "added_at" not in event and search.state.finished >= 6:
-            event["node"] = cluster.add_node(num_cpus=1, num_gpus=2)
+            # the same GPU model as a node already there: confirmations pinned to it may go there
+            event["node"] = cluster.add_node(num_cpus=1, num_gpus=2,
+                                             labels={ACCELERATOR_LABEL: "A10G"})
             event["added_at"] = time.time()
 
     search, rows = search_on_cluster(root / "joins", budget_s=1.0, max_experiments=24,

@@ -61,22 +61,22 @@ def hand_written(rows: list[dict], *, kept: tuple[str, ...] = (), promoted: tupl
 
 def better_learning_rate(files: dict[str, str]) -> dict[str, str]:
     """train.py with the learning rate the null experiment's landscape likes best: a change
-    far beyond the noise, promoted at once."""
+    far beyond the noise."""
     train = files["train.py"].replace("LEARNING_RATE = 3e-3", "LEARNING_RATE = 0.01")
     assert train != files["train.py"]
     return {"train.py": train}
 
 
 def null_search(run_dir: Path) -> Search:
-    """A finished search of the bundled task on the null experiment, 2 islands, 16 experiments or
-    a few more (the driver may overshoot its limit by the experiments of one turn):
-    island 0 first makes a winning change, then proposes an edit of the harness (refused); every
-    other proposal is a harmless variant."""
+    """A finished search of the bundled task on the null experiment, 2 islands, 28 experiments:
+    island 0 first makes a winning change (confirmed, then promoted), then proposes an edit of
+    the harness (refused); every other proposal is a harmless variant (some of which look better
+    on one run and are confirmed too, and not promoted)."""
     task = load_task(template_path())
     agents = [ScriptedAgent([better_learning_rate(task.files),
                              {"prepare.py": "print('a better harness')\n"}]),
               ScriptedAgent([])]
-    options = SearchOptions(agents=2, budget_s=0.05, max_experiments=16, noise_seeds=3, seed=0)
+    options = SearchOptions(agents=2, budget_s=0.05, max_experiments=28, noise_seeds=3, seed=0)
     search = Search(task, run_dir, options, agents, run=null_experiment)
     search.run()
     return search

@@ -40,16 +40,20 @@ def test_a_real_search_trains_several_at_once_commits_each_and_promotes_a_confir
     task = dataclasses.replace(slow_start_task, files={**slow_start_task.files,
                                                        "train.py": broken})
     agents = [ScriptedAgent([{"train.py": source}]), make_agents("offline", 2, 1)[1]]
-    # 2 noise runs and the first proposal of each agent start at once; the fix's confirmation
-    # (2 runs beside 2 control runs) goes ahead of anything proposed after.
-    options = SearchOptions(agents=2, budget_s=1, grace_s=60, max_experiments=8, seed=1,
+    # The search stops once something is promoted; --max-experiments is a backstop.
+    options = SearchOptions(agents=2, budget_s=1, grace_s=60, max_experiments=16, seed=1,
                             noise_seeds=2, confirm_seeds=2)
     search = Search(task, tmp_path / "run", options, agents)
-    search.run()
+
+    def stop_once_promoted():
+        if search.population.promotions:
+            raise KeyboardInterrupt
+
+    search.run(on_tick=stop_once_promoted)
     rows = rows_of(search)
-    ran = trained(rows)
-    assert len(ran) == 8
-    assert sum(r["status"] == "ok" for r in ran) >= 7
+    ran = [r for r in trained(rows) if r["status"] != "interrupted"]
+    assert len(ran) >= 7
+    assert all(r["status"] == "ok" for r in ran)
     assert {r["accelerator"] for r in ran} == {"cpu"}
     overlapping = [(a, b) for a in ran for b in ran if a is not b and
                    a["started_at"] < b["finished_at"] and b["started_at"] < a["finished_at"]]

@@ -33,11 +33,13 @@ def test_a_tuned_setting_runs_beside_the_agents_is_committed_confirmed_and_promo
     search.run()
     rows = read_rows(search.run_dir / "results")
     trials = [r for r in rows if r["kind"] == "tune"]
-    mutations = [r for r in rows if r["kind"] == "mutation" and r["started_at"]]
+    # the agents' own work: their proposals, and the confirmations those called for
+    agents_work = [r for r in rows if r["kind"] in ("mutation", "confirm", "control")
+                   and r["started_at"]]
     assert len(trials) >= 5
     assert all("LEARNING_RATE" in json.loads(r["knobs"]) and r["trial"] for r in trials)
     assert any(t["started_at"] < m["finished_at"] and m["started_at"] < t["finished_at"]
-               for t in trials for m in mutations), "no trial ran beside a mutation"
+               for t in trials for m in agents_work), "no trial ran beside the agents' work"
 
     kinds = {r["exp_id"]: r["kind"] for r in rows}
     tuned = [m for m in search.population.promotions if kinds.get(m.exp_id) == "tune"]

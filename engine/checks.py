@@ -140,10 +140,7 @@ def _code(source: str) -> _Code | None:
         tree = _normalised(source)
     except (SyntaxError, ValueError):
         return None
-    seeding = {node.id for call in ast.walk(tree)
-               if isinstance(call, ast.Call) and _called(call) in _SEEDERS | _GENERATORS
-               for argument in call.args + [keyword.value for keyword in call.keywords]
-               for node in ast.walk(argument) if isinstance(node, ast.Name)}
+    seeding = {node.id for node in _in_seeding_arguments(tree) if isinstance(node, ast.Name)}
     # and the names the values of those names read (`MY_SEED = BASE + SEED`), and so on
     while grown := {node.id for statement in tree.body if _assigned_names(statement) & seeding
                     and getattr(statement, "value", None) is not None
@@ -243,10 +240,7 @@ def _seed_variables(tree: ast.Module) -> set[str]:
     """The names the module assigns that are read, and read only where they seed random state: in
     the arguments of a seed-setting call or a generator's constructor, or in the value of another
     seed variable (`MY_SEED = BASE + SEED` makes BASE one too)."""
-    seeding = {id(node) for call in ast.walk(tree)
-               if isinstance(call, ast.Call) and _called(call) in _SEEDERS | _GENERATORS
-               for argument in call.args + [keyword.value for keyword in call.keywords]
-               for node in ast.walk(argument)}
+    seeding = {id(node) for node in _in_seeding_arguments(tree)}
     assignments = [statement for statement in tree.body if _assigned_names(statement)]
     candidates = {name for statement in assignments for name in _assigned_names(statement)}
     candidates -= _exported(tree)
@@ -259,6 +253,14 @@ def _seed_variables(tree: ast.Module) -> set[str]:
                     if _assigns_only(statement, seed_variables) and statement.value
                     for node in ast.walk(statement.value)}
     return seed_variables
+
+
+def _in_seeding_arguments(tree: ast.AST) -> list[ast.AST]:
+    """Every node inside the arguments of a seed-setting call or a generator's constructor."""
+    return [node for call in ast.walk(tree)
+            if isinstance(call, ast.Call) and _called(call) in _SEEDERS | _GENERATORS
+            for argument in call.args + [keyword.value for keyword in call.keywords]
+            for node in ast.walk(argument)]
 
 
 def _reads(nodes: Iterable[ast.AST]) -> dict[str, set[int]]:

@@ -2,7 +2,7 @@
 
 from collections.abc import Sequence
 
-from agents.base import Agent
+from engine.protocol import Agent
 
 AGENT_NAMES = ("offline", "llm")
 

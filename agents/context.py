@@ -14,7 +14,7 @@ import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agents.base import Attempt, ProposalContext
+from engine.protocol import Attempt, ProposalContext
 
 PROMPTS = Path(__file__).parent / "prompts"
 # Tokens are estimated, not counted: the estimate must be cheap, the same on every machine and for

@@ -28,9 +28,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from agents.base import Proposal, ProposalContext
 from agents.context import Templates, proposal_messages, repair_messages
 from agents.edits import EditError, apply_edits
+from engine.protocol import Proposal, ProposalContext
 
 log = logging.getLogger(__name__)
 

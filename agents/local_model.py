@@ -8,8 +8,8 @@ training) offline and for tests: a 135M model is not a researcher.
 
 Left free, a model this small rarely writes an edit that applies, compiles or changes anything.
 So its replies are constrained by a JSON schema, which the server turns into a grammar: the edit
-sets one knob of the code (engine/knobs.py) to one of a few values near its own, the line and its
-replacements given as enums; the model chooses which, and says why. Code with no knob gets any
+sets one knob of the code (engine/tuning/knobs.py) to one of a few values near its own, the line and
+its replacements given as enums; the model chooses which, and says why. Code with no knob gets any
 one of its lines replaced by one line at the same indentation.
 """
 
@@ -31,10 +31,10 @@ import urllib.request
 from collections.abc import Set
 from pathlib import Path
 
-from agents.base import ProposalContext
 from agents.edits import EditError, apply_edits
-from engine.checks import code_hash
-from engine.knobs import Knob, find_knobs, literal
+from engine.experiment.checks import code_hash
+from engine.protocol import ProposalContext
+from engine.tuning.knobs import Knob, find_knobs, literal
 
 LOCAL_MODEL = "local/smollm2"  # what --model names it
 SERVED_NAME = "smollm2"  # the name the server answers to; litellm reaches it as openai/<name>
@@ -162,8 +162,9 @@ class ConstrainedEdit:
 
     def __init__(self, seed: int = 0, seen: set[str] | None = None) -> None:
         self._seeds = itertools.count(seed * 1_000_003)
-        # The code (engine.checks.code_hash) of every parent shown and every edit proposed, best
-        # shared by the agents of a search: the engine refuses a repeat, so the schema omits it.
+        # The code (engine.experiment.checks.code_hash) of every parent shown and every edit
+        # proposed, best shared by the agents of a search: the engine refuses a repeat, so the
+        # schema omits it.
         self.seen: set[str] = set() if seen is None else seen
 
     def request(self, context: ProposalContext) -> dict:
@@ -196,9 +197,9 @@ class ConstrainedEdit:
 
 
 def edit_options(context: ProposalContext, seen: Set[str] = frozenset()) -> list[dict]:
-    """The edits the schema allows. For each knob (engine/knobs.py) of the editable files, its
-    line and a few lines that set it to a value near its own, within its range or choices, unless
-    the code that gives is in `seen`. Where the code has no knob: any line that occurs once,
+    """The edits the schema allows. For each knob (engine/tuning/knobs.py) of the editable files,
+    its line and a few lines that set it to a value near its own, within its range or choices,
+    unless the code that gives is in `seen`. Where the code has no knob: any line that occurs once,
     replaced by one line at its indentation."""
     knobs = find_knobs(context.files, context.editable)
     editable = _editable(context)

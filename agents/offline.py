@@ -1,13 +1,13 @@
 """The offline proposer: an evolutionary search over the knobs of the editable files, no model.
 
 A knob is a module-level constant: `NAME = <number>`, or `NAME = "<string>"` whose comment on the
-same line names its alternatives (`# one of: gelu, relu, silu`); engine/knobs.py finds them. Each
-proposal nudges one knob, sometimes two (a knob with alternatives moves to another of them), and
-writes back only the new literal, so the rest of the file stays byte for byte the same. The
-island's history steers the search: a move (a knob and a direction, or a string knob and a
-value) that improved the objective is drawn more often, one that failed less often.
-The agent remembers what it proposed for each parent and never proposes the same content twice;
-once every single change of a parent has been proposed, it combines two.
+same line names its alternatives (`# one of: gelu, relu, silu`); engine/tuning/knobs.py finds them.
+Each proposal nudges one knob, sometimes two (a knob with alternatives moves to another of them),
+and writes back only the new literal, so the rest of the file stays byte for byte the same. The
+island's history steers the search: a move (a knob and a direction, or a string knob and a value)
+that improved the objective is drawn more often, one that failed less often. The agent remembers
+what it proposed for each parent and never proposes the same content twice; once every single change
+of a parent has been proposed, it combines two.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import random
 import re
 from collections.abc import Sequence
 
-from agents.base import Attempt, Proposal, ProposalContext
-from engine.knobs import Knob, find_knobs, literal, write_literals
+from engine.protocol import Attempt, Proposal, ProposalContext
+from engine.tuning.knobs import Knob, find_knobs, literal, write_literals
 
 FACTORS = (0.5, 0.7, 0.8, 1.25, 1.4, 2.0)  # multiplicative steps of a float; the sign is kept
 FRACTION_STEPS = (-0.1, -0.05, 0.05, 0.1)  # additive steps of a float in [0, 1)
@@ -40,7 +40,7 @@ Candidate = tuple[tuple[Change, ...], float]  # one or two changes, and how like
 
 def _new_literals(knob: Knob) -> list[str]:
     """The literals a knob may change to, each different from its current value. A power of
-    two has its neighbours as alternatives (engine/knobs.py), so it stays a power of two."""
+    two has its neighbours as alternatives (engine/tuning/knobs.py), so it stays a power of two."""
     if knob.alternatives:
         return [literal(knob, other) for other in knob.alternatives if other != knob.value]
     steps = _int_steps(knob.value) if isinstance(knob.value, int) else _float_steps(knob.value)

@@ -9,8 +9,8 @@ make setup >/dev/null
 .venv/bin/python - "$budget" <<'PY'
 import json, sys
 import torch
-from engine.runner import run_experiment
-from engine.task import load_task, template_path
+from engine.experiment.runner import run_experiment
+from engine.experiment.task import load_task, template_path
 
 budget = float(sys.argv[1])
 print(f"torch {torch.__version__}, cuda available: {torch.cuda.is_available()}, "

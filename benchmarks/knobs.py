@@ -1,12 +1,12 @@
 """Refining knobs: Optuna's TPE with early stopping against its random sampler, on real training.
 
-The bundled task starts with its learning rate set 10x too low (3e-4 instead of the shipped
-3e-3), and only the learning rate is tuned, over 1e-5..1e-1 on a log scale. Both sides run the
-same number of trials through `engine.tuning.Refinement` (Ray Tune, trials on logical GPUs, every
-trial on the same seed), one after the other: TPE with ASHA, then Optuna's random sampler
-without early stopping. The shipped learning rate, trained on the same seed and budget before and
-after them (the mean of the two: a machine shared with other work drifts), gives the reference
-score; a side reaches the target when a trial scores within 1% of it.
+The bundled task starts with its learning rate set 10x too low (3e-4 instead of the shipped 3e-3),
+and only the learning rate is tuned, over 1e-5..1e-1 on a log scale. Both sides run the same number
+of trials through `engine.tuning.refinement.Refinement` (Ray Tune, trials on logical GPUs, every
+trial on the same seed), one after the other: TPE with ASHA, then Optuna's random sampler without
+early stopping. The shipped learning rate, trained on the same seed and budget before and after them
+(the mean of the two: a machine shared with other work drifts), gives the reference score; a side
+reaches the target when a trial scores within 1% of it.
 
 Printed: the reference, and for each side its best trial, after how many finished trials (and
 how many seconds) it reached the target, and the GPU-seconds its trials held; then the ratios:
@@ -29,10 +29,10 @@ import optuna
 import ray
 
 from engine.cluster import start_ray
-from engine.runner import run_experiment
-from engine.task import Task, load_task, template_path
-from engine.trial import TrialOutcome
-from engine.tuning import Refinement
+from engine.experiment.runner import run_experiment
+from engine.experiment.task import Task, load_task, template_path
+from engine.tuning.refinement import Refinement
+from engine.tuning.trial import TrialOutcome
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 SHIPPED = "LEARNING_RATE = 3e-3"

@@ -4,7 +4,7 @@ scores the code on a known landscape instead of training it.
 The score is a smooth function of the task's numeric constants (each constant's log-distance from
 an optimum) plus seeded noise, so a search over it has real winners and losers and the engine's
 throughput and decisions can be measured without the cost of training. Same signature as
-`engine.runner.run_experiment`.
+`engine.experiment.runner.run_experiment`.
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ import random
 import re
 import time
 
-from engine.runner import ExperimentResult, Progress, ProgressCallback
-from engine.spec import Spec
+from engine.experiment.records import ExperimentResult
+from engine.experiment.runner import Progress, ProgressCallback
+from engine.experiment.spec import Spec
 
 OPTIMUM = {"LEARNING_RATE": 0.01, "BATCH_SIZE": 32, "N_EMBD": 128, "WARMUP_FRACTION": 0.05}
 NOISE = 0.01

@@ -1,14 +1,14 @@
 """How many GPUs one driver keeps busy: the real search on simulated clusters of several nodes with
 64 to 1,024 logical GPUs.
 
-Each cluster is a `ray.cluster_utils.Cluster` on this machine: a head without GPUs, where the
-driver runs, and four GPU nodes of unequal size (1/8, 1/8, 1/4 and 1/2 of the GPUs). The search is
-the real one (engine.driver.Search through engine.dispatch.Dispatcher, every experiment a Ray task
+Each cluster is a `ray.cluster_utils.Cluster` on this machine: a head without GPUs, where the driver
+runs, and four GPU nodes of unequal size (1/8, 1/8, 1/4 and 1/2 of the GPUs). The search is the real
+one (engine.driver.Search through engine.search.ray_pool.RayPool, every experiment a Ray task
 holding one logical GPU) with an instant proposer and null experiments (null_experiment.py) of
 --length seconds; knob tuning is off, so every GPU runs the agents' experiments. Real 5-minute
-experiments on N GPUs finish N/300 times a second; the default 30 s null experiments finish 10
-times as often, and --sweep runs shorter ones on the largest cluster that fits, to find where the
-driver falls behind.
+experiments on N GPUs finish N/300 times a second; the default 30 s null experiments finish 10 times
+as often, and --sweep runs shorter ones on the largest cluster that fits, to find where the driver
+falls behind.
 
 Printed per run:
 - utilisation: busy GPU-seconds / GPU-seconds offered, in the steady window: from one length
@@ -56,9 +56,9 @@ import benchmarks.null_experiment
 from benchmarks.null_experiment import null_experiment
 from benchmarks.utilization import InstantAgent, busy_fraction
 from engine.cluster import WORKERS_SOFT_LIMIT
-from engine.dispatch import NODE_ID_SHOWN
 from engine.driver import Search, SearchOptions
-from engine.task import load_task, template_path
+from engine.experiment.task import load_task, template_path
+from engine.search.ray_pool import NODE_ID_SHOWN
 
 NODE_SHARES = (8, 8, 4, 2)  # the GPU nodes: 1/8, 1/8, 1/4 and 1/2 of the cluster's GPUs
 REAL_EXPERIMENT_S = 300.0

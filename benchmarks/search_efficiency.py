@@ -27,13 +27,13 @@ from pathlib import Path
 
 import ray
 
-from agents.base import Attempt, ProposalContext
 from agents.offline import OfflineAgent
 from engine.cluster import start_ray
 from engine.driver import Search, SearchOptions
-from engine.runner import run_experiment
-from engine.store import ResultStore
-from engine.task import Task, load_task, template_path
+from engine.experiment.runner import run_experiment
+from engine.experiment.task import Task, load_task, template_path
+from engine.protocol import Attempt, ProposalContext
+from engine.rundir.store import ResultStore
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
@@ -73,7 +73,7 @@ def engine_search(task: Task, experiments: int, budget: float, seed: int,
                             [OfflineAgent(seed=seed + k) for k in range(workers)])
             started = time.time()
             search.run()
-            rows = ResultStore(Path(folder) / "run" / "results", search._metric_columns()).rows()
+            rows = ResultStore(Path(folder) / "run" / "results", search.metric_columns()).rows()
             promotions = len(search.population.promotions)
     finally:
         ray.shutdown()

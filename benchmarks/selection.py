@@ -1,6 +1,6 @@
 """How often the population's selection rules promote what they should, on scores drawn from known
-distributions: a Monte Carlo run of the real `engine.population.Population` behind an emulated
-driver.
+distributions: a Monte Carlo run of the real `engine.search.population.Population` behind an
+emulated driver.
 
 One simulated search is `search --gpus 2 --agents 2` on a simulated clock: two workers, two
 islands; three noise runs of the starting code queued first, then one mutation proposed per free
@@ -47,9 +47,9 @@ import random
 from collections import deque
 from dataclasses import dataclass
 
-from agents.base import Attempt
-from engine.population import Decision, Member, Population
-from engine.spec import Objective
+from engine.experiment.spec import Objective
+from engine.protocol import Attempt
+from engine.search.population import Decision, Member, Population
 
 WORKERS = 2
 ISLANDS = 2

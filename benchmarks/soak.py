@@ -33,12 +33,12 @@ import psutil
 import ray
 
 import benchmarks.null_experiment
-from agents.base import Proposal, ProposalContext
+from autoresearch.cli import _log_to
 from benchmarks.null_experiment import null_experiment
-from engine.cli import _log_to
 from engine.cluster import start_ray
 from engine.driver import Search, SearchOptions
-from engine.task import load_task, template_path
+from engine.experiment.task import load_task, template_path
+from engine.protocol import Proposal, ProposalContext
 
 PARTS = ("results", "repo.git", "tune", "population.json", "results.tsv", "journal.jsonl",
          "driver.log")

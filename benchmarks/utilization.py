@@ -30,12 +30,12 @@ from pathlib import Path
 import ray
 
 import benchmarks.null_experiment
-from agents.base import Proposal, ProposalContext
 from benchmarks.null_experiment import null_experiment
 from engine.cluster import start_ray
 from engine.driver import Search, SearchOptions
-from engine.store import ResultStore
-from engine.task import load_task, template_path
+from engine.experiment.task import load_task, template_path
+from engine.protocol import Proposal, ProposalContext
+from engine.rundir.store import ResultStore
 
 
 class InstantAgent:
@@ -110,7 +110,7 @@ def measure(gpus: int, length: float, rounds: int, islands: int) -> dict:
             started = time.time()
             state = search.run()
             stopped = started + rounds * length
-            rows = ResultStore(Path(folder) / "run" / "results", search._metric_columns()).rows()
+            rows = ResultStore(Path(folder) / "run" / "results", search.metric_columns()).rows()
             trained = [r for r in rows if r["status"] == "ok"]
             return {
                 "gpus": gpus,

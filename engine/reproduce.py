@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from engine.rundata import RunData
-from engine.runner import ExperimentResult, run_experiment
-from engine.spec import GOAL_FILE, parse_goal_file
+from engine.experiment.records import ExperimentResult
+from engine.experiment.runner import run_experiment
+from engine.experiment.spec import GOAL_FILE, parse_goal_file
+from engine.views.rundata import RunData
 
 Z = 2.0  # a reproduction matches when it is within Z noise sigmas of the recorded score
 
@@ -19,8 +20,8 @@ Z = 2.0  # a reproduction matches when it is within Z noise sigmas of the record
 def reproduce(run: RunData, exp_id: str,
               runner: Callable[..., ExperimentResult] = run_experiment) -> dict:
     """Train `exp_id` again from its commit, with its seed and budget (`runner` has
-    engine.runner.run_experiment's signature), and compare. Raises NoSuchChange for an unknown
-    id or a refused proposal (nothing to train)."""
+    engine.experiment.runner.run_experiment's signature), and compare. Raises NoSuchChange for
+    an unknown id or a refused proposal (nothing to train)."""
     row = run.committed(exp_id)
     files = run.repo.files_at(row["commit"])
     spec = parse_goal_file(files[GOAL_FILE])

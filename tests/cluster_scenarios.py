@@ -29,10 +29,10 @@ import benchmarks.null_experiment
 from agents import make_agents
 from benchmarks.null_experiment import null_experiment
 from engine.cluster import WORKERS_SOFT_LIMIT
-from engine.dispatch import ACCELERATOR_LABEL, NODE_ID_SHOWN, Dispatcher, Job
 from engine.driver import Search, SearchOptions
-from engine.rundir import NOT_TRAINED
-from engine.task import load_task, template_path
+from engine.experiment.records import Job, Status
+from engine.experiment.task import load_task, template_path
+from engine.search.ray_pool import ACCELERATOR_LABEL, NODE_ID_SHOWN, RayPool
 
 COLUMNS = ("exp_id", "status", "node", "started_at", "finished_at", "accelerator")
 
@@ -56,7 +56,7 @@ def search_on_cluster(run_dir: Path, budget_s: float, max_experiments: int,
 
 def trained_rows(search: Search) -> list[dict]:
     return [{name: row[name] for name in COLUMNS} for row in search.store.rows()
-            if row["status"] not in NOT_TRAINED]
+            if Status(row["status"]).trained]
 
 
 def spread(root: Path) -> dict:
@@ -67,9 +67,10 @@ def spread(root: Path) -> dict:
 def pinned() -> dict:
     """Six null experiments submitted for L4 at once, with a GPU free on the A10G node too."""
     task = load_task(template_path())
-    dispatcher = Dispatcher(1, null_experiment)
+    dispatcher = RayPool(1)
     for k in range(6):
-        dispatcher.submit(Job(task.files, task.spec, k, 0.2, None, None, 1), k, "L4")
+        job = Job(task.files, task.spec, k, 0.2, None, None, 1, null_experiment)
+        dispatcher.submit(job, k, "L4")
     outcomes = []
     while len(outcomes) < 6:
         outcomes += dispatcher.wait(timeout_s=1.0)
@@ -106,7 +107,7 @@ def leaves(root: Path, cluster: Cluster, node) -> dict:
             event["seen"] = search.state.finished
             if any(row["node"].endswith(name) for row in trained_rows(search)):
                 event["due"] = time.time() + budget_s / 2
-        running = search.dispatcher.running
+        running = search.pool.running
         if time.time() < event.get("due", float("inf")) or len(running) < search.state.slots:
             return
         event["finished_before"] = [row["exp_id"] for row in trained_rows(search)]

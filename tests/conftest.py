@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from engine.task import load_task, template_path
+from engine.experiment.task import load_task, template_path
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -54,7 +54,7 @@ class ScriptedAgent:
         self.made = 0
 
     def propose(self, context):
-        from agents.base import Proposal
+        from engine.protocol import Proposal
 
         self.contexts.append(context)
         self.made += 1

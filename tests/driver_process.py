@@ -16,8 +16,8 @@ from agents import make_agents
 from benchmarks.null_experiment import null_experiment
 from engine.cluster import start_ray
 from engine.driver import Search, SearchOptions
-from engine.resume import resumed_options, stopped_run
-from engine.task import load_task, template_path
+from engine.experiment.task import load_task, template_path
+from engine.rundir.stopped import resumed_options, stopped_run
 
 OPTIONS = SearchOptions(agents=2, budget_s=0.4, max_experiments=36, seed=5)
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from benchmarks.null_experiment import null_experiment
 from engine.driver import Search, SearchOptions
-from engine.rundata import RunData
-from engine.task import load_task, template_path
+from engine.experiment.task import load_task, template_path
+from engine.views.rundata import RunData
 from tests.conftest import ScriptedAgent
 
 T0 = 1_800_000_000.0  # when the hand-written runs started

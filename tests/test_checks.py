@@ -5,8 +5,8 @@ import dataclasses
 
 import pytest
 
-from agents.base import Proposal
-from engine.checks import Refused, apply_proposal, changes_only_randomness, code_hash
+from engine.experiment.checks import Refused, apply_proposal, changes_only_randomness, code_hash
+from engine.protocol import Proposal
 
 BEHAVES_AS_BEFORE = ("it changes only comments, blank lines, docstrings or formatting: "
                      "the code would behave as before")

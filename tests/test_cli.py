@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-AUTORESEARCH = [sys.executable, "-m", "engine.cli"]
+AUTORESEARCH = [sys.executable, "-m", "autoresearch.cli"]
 
 
 def autoresearch(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:

@@ -2,13 +2,13 @@
 
 import pytest
 
-from agents.base import Attempt, ProposalContext
 from agents.context import (
     Templates,
     messages_tokens,
     proposal_messages,
     repair_messages,
 )
+from engine.protocol import Attempt, ProposalContext
 
 CODE = "LEARNING_RATE = 3e-3\nN_LAYER = 4\n\nprint('training')\n"
 GOAL = "# Goal\nMinimize val_bpb of a tiny byte-level model.\n"

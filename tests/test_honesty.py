@@ -6,11 +6,11 @@ import re
 
 import pytest
 
-from agents.base import Proposal
 from benchmarks.null_experiment import null_experiment
-from engine.driver import RANDOMNESS_ONLY, Search, SearchOptions
-from engine.journal import Journal
-from engine.task import load_task, template_path
+from engine.driver import Search, SearchOptions
+from engine.experiment.task import load_task, template_path
+from engine.protocol import Proposal
+from engine.search.evolution import RANDOMNESS_ONLY
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -67,7 +67,7 @@ def test_a_search_whose_changes_only_move_the_seed_promotes_nothing_and_says_why
     mutations = [r for r in rows if r["kind"] == "mutation" and r["status"] == "ok"]
     assert len(mutations) >= 20
     assert search.population.promotions == []
-    journal = {entry["exp_id"]: entry for entry in Journal(search.run_dir).entries()}
+    journal = {entry["exp_id"]: entry for entry in search.run_dir.journal().entries()}
     assert all(journal[r["exp_id"]]["seed_only"] for r in mutations)
     told = [attempt.message for island in search.population.islands for attempt in island.history]
     assert RANDOMNESS_ONLY in told

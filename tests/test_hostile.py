@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-import engine.runner
-from engine.runner import run_experiment
+import engine.experiment.runner
+from engine.experiment.runner import run_experiment
 from tests.conftest import with_train
 
 UNTRAINED_BPB = 8.0  # log2(256): what a model predicting every byte as equally likely scores
@@ -118,7 +118,7 @@ time.sleep(1.5)
 
 
 def test_a_fork_bomb_is_killed_whole_and_invalid(template, tmp_path, monkeypatch):
-    monkeypatch.setattr(engine.runner, "MAX_PROCESSES", 50)
+    monkeypatch.setattr(engine.experiment.runner, "MAX_PROCESSES", 50)
     pids = tmp_path / "pids"
     bomb = f"""
 import os, time
@@ -140,14 +140,14 @@ time.sleep(3600)
 
 
 def test_output_without_end_is_stopped_and_only_its_tail_kept(template, monkeypatch):
-    monkeypatch.setattr(engine.runner, "MAX_LOG_BYTES", 2**20)
+    monkeypatch.setattr(engine.experiment.runner, "MAX_LOG_BYTES", 2**20)
     flooding = "while True:\n    print('x' * 1000)\n"
     result = run_experiment(with_train(template.files, flooding), template.spec, seed=0,
                             budget_s=BUDGET_S)
     assert result.status == "invalid"
     assert "printed more than 1 MB" in result.message
     assert result.train_wall_s < BUDGET_S  # killed for what it did, not for its time
-    assert len(result.log_tail.splitlines()) <= engine.runner.LOG_TAIL_LINES
+    assert len(result.log_tail.splitlines()) <= engine.experiment.runner.LOG_TAIL_LINES
 
 
 def test_a_candidate_that_kills_its_supervisor_is_a_crash_and_dies_with_it(template, tmp_path):

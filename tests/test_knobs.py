@@ -2,7 +2,7 @@
 
 import pytest
 
-from engine.knobs import KnobError, Range, describe_tuning, find_knobs, write_knobs
+from engine.tuning.knobs import KnobError, Range, describe_tuning, find_knobs, write_knobs
 
 
 def knobs_of(source: str) -> dict:

@@ -7,8 +7,8 @@ import re
 import pytest
 
 from agents import make_agents
-from agents.base import ProposalContext
 from agents.llm import BudgetSpent, LLMAgent, ModelSpec, ProposalFailed, Spending, make_router
+from engine.protocol import ProposalContext
 
 MODEL = "anthropic/claude-sonnet-4-5"  # priced in litellm's own cost map
 

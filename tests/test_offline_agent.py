@@ -9,8 +9,8 @@ import tokenize
 
 import pytest
 
-from agents.base import Attempt, ProposalContext
 from agents.offline import OfflineAgent, find_knobs
+from engine.protocol import Attempt, ProposalContext
 
 PROPOSALS = 60  # per test that looks at many proposals on one parent
 

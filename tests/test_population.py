@@ -2,9 +2,10 @@
 
 import pytest
 
-from agents.base import Attempt
-from engine.population import Member, Noise, Population
-from engine.spec import Objective
+from engine.experiment.spec import Objective
+from engine.protocol import Attempt
+from engine.search.noise import Noise
+from engine.search.population import Member, Population
 
 MINIMISE = Objective("val_bpb", "minimize", "Minimize val_bpb")
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.repo import GitError, RunRepo, branch_name
+from engine.rundir.repo import GitError, RunRepo, branch_name
 
 FILES = {"train.py": "lr = 0.01\n", "program.md": "# Goal\nλ minimise\n", "lib/util.py": "x = 1\n"}
 USER = {"GIT_AUTHOR_NAME": "user", "GIT_AUTHOR_EMAIL": "user@example.com",

@@ -1,7 +1,7 @@
 """`autoresearch report`: progress.png and one self-contained report.html.
 
-The plot is checked from the data that draws it (engine.plots.progress); the page is checked as
-HTML, and as headless Chromium renders it from disk."""
+The plot is checked from the data that draws it (engine.views.plots.progress); the page is
+checked as HTML, and as headless Chromium renders it from disk."""
 
 import base64
 import re
@@ -13,11 +13,11 @@ from html.parser import HTMLParser
 import pytest
 from matplotlib.image import imread
 
-from engine.plots import colour, progress, usage
-from engine.rundata import load_run
+from engine.views.plots import colour, progress, usage
+from engine.views.rundata import load_run
 from tests.run_dirs import T0, hand_written, null_search, row, story
 
-AUTORESEARCH = [sys.executable, "-m", "engine.cli"]
+AUTORESEARCH = [sys.executable, "-m", "autoresearch.cli"]
 CHROMIUM = shutil.which("chromium")
 
 

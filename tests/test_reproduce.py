@@ -9,10 +9,10 @@ import pytest
 
 from agents import make_agents
 from engine.driver import Search, SearchOptions
+from engine.experiment.task import load_task, template_path
 from engine.reproduce import format_reproduction, judge
-from engine.task import load_task, template_path
 
-AUTORESEARCH = [sys.executable, "-m", "engine.cli"]
+AUTORESEARCH = [sys.executable, "-m", "autoresearch.cli"]
 
 
 @pytest.fixture(scope="module")

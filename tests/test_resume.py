@@ -15,13 +15,14 @@ from click.testing import CliRunner
 
 from agents import make_agents
 from agents.offline import OfflineAgent
+from autoresearch.cli import main
 from benchmarks.null_experiment import null_experiment
-from engine.cli import main
 from engine.driver import Search, SearchOptions
-from engine.resume import resumed_options, stopped_run
-from engine.rundata import read_rows
-from engine.rundir import NOT_TRAINED, RunDirUnwritable
-from engine.task import load_task, template_path
+from engine.experiment.records import Status
+from engine.experiment.task import load_task, template_path
+from engine.rundir.layout import RunDirUnwritable
+from engine.rundir.stopped import resumed_options, stopped_run
+from engine.rundir.store import read_rows
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -29,7 +30,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 def completed(run_dir: Path) -> list[dict]:
     """The rows of experiments that trained to the end, read from disk as a new reader would."""
-    return [row for row in read_rows(run_dir / "results") if row["status"] not in NOT_TRAINED]
+    return [row for row in read_rows(run_dir / "results") if Status(row["status"]).trained]
 
 
 def resumed(run_dir: Path, agents=None, **overrides) -> Search:
@@ -58,7 +59,7 @@ def test_a_stopped_search_resumes_the_same_population_and_repeats_no_completed_e
     first = new_search(run_dir, max_experiments=14)
 
     def stop_after_six():
-        if first.state.finished >= 6 and first.dispatcher.running:
+        if first.state.finished >= 6 and first.pool.running:
             raise KeyboardInterrupt
 
     first.run(on_tick=stop_after_six)
@@ -68,7 +69,7 @@ def test_a_stopped_search_resumes_the_same_population_and_repeats_no_completed_e
     second = resumed(run_dir)
     assert second.problems == []
     assert second.population.to_dict() == first.population.to_dict()
-    assert {e.exp_id for e in second._queue} >= interrupted
+    assert {e.exp_id for e in second.core.queue} >= interrupted
     second.run()
 
     rows = completed(run_dir)
@@ -123,7 +124,7 @@ def test_a_killed_worker_costs_only_a_retry_of_its_experiment(tmp_path):
     killed = []
 
     def kill_one_worker():
-        if not killed and search.state.finished >= 2 and search.dispatcher.running:
+        if not killed and search.state.finished >= 2 and search.pool.running:
             time.sleep(0.2)
             for pid in sorted(pids.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True):
                 try:
@@ -216,7 +217,8 @@ def test_status_verify_finds_a_branch_out_of_step_and_resume_repairs_it(tmp_path
     assert CliRunner().invoke(main, ["status", "--verify", str(run_dir)]).exit_code == 0
     island = f"autoresearch/{search.run_name}/island-1"
     head = search.population.islands[1].head.commit
-    search.repo.set_branch(island, next(entry["commit"] for entry in search.journal.entries()
+    journaled = search.run_dir.journal().entries()
+    search.repo.set_branch(island, next(entry["commit"] for entry in journaled
                                         if entry["commit"] != head))
 
     checked = CliRunner().invoke(main, ["status", "--verify", str(run_dir)])

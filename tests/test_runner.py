@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.runner import run_experiment
+from engine.experiment.runner import run_experiment
 from tests.conftest import with_train
 
 UNTRAINED_BPB = 8.0  # log2(256): a uniform guess over bytes

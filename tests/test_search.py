@@ -9,17 +9,16 @@ import pytest
 from agents import make_agents
 from benchmarks.null_experiment import null_experiment
 from engine.driver import Search, SearchOptions
-from engine.repo import RunRepo, branch_name
-from engine.rundir import read_run_info
-from engine.store import ResultStore
-from engine.task import load_task, template_path
+from engine.experiment.task import load_task, template_path
+from engine.rundir.repo import RunRepo, branch_name
+from engine.rundir.store import ResultStore
 from tests.conftest import ScriptedAgent
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
 
 def rows_of(search: Search) -> list[dict]:
-    return ResultStore(search.run_dir / "results", search._metric_columns()).rows()
+    return ResultStore(search.run_dir / "results", search.metric_columns()).rows()
 
 
 def trained(rows: list[dict]) -> list[dict]:
@@ -71,7 +70,7 @@ def test_a_real_search_trains_several_at_once_commits_each_and_promotes_a_confir
     assert [m.exp_id for m in search.population.promotions] == [winner["exp_id"]]
     confirmation = [r for r in ran if r["confirms"] == winner["commit"]]
     assert sorted(r["kind"] for r in confirmation) == ["confirm"] * 2 + ["control"] * 2
-    start = read_run_info(search.run_dir)["start_commit"]
+    start = search.run_dir.read_info()["start_commit"]
     assert {r["commit"] for r in confirmation if r["kind"] == "control"} == {start}
     baseline = repo.branch(branch_name(search.run_name, None))
     assert repo.files_at(baseline) == repo.files_at(winner["commit"])
@@ -173,7 +172,7 @@ def test_ctrl_c_records_experiments_in_flight_as_interrupted(tmp_path):
                     make_agents("offline", 2, 0), run=null_experiment)
 
     def press_ctrl_c():
-        if len(search.dispatcher.running) >= 3:
+        if len(search.pool.running) >= 3:
             raise KeyboardInterrupt
 
     started = time.monotonic()
@@ -190,7 +189,7 @@ def test_the_live_view_shows_best_lineage_slots_rates_and_utilisation(tmp_path):
 
     from rich.console import Console
 
-    from engine.live import LiveView
+    from engine.views.live import LiveView
 
     options = SearchOptions(agents=2, budget_s=0.3, max_experiments=12)
     search = Search(load_task(template_path()), tmp_path / "run", options,

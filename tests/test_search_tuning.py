@@ -15,7 +15,7 @@ import pytest
 from agents import make_agents
 from benchmarks.null_experiment import null_experiment
 from engine.driver import Search, SearchOptions
-from engine.rundata import read_rows
+from engine.rundir.store import read_rows
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from engine.spec import GoalFileError, parse_goal_file
-from engine.task import template_path
+from engine.experiment.spec import GoalFileError, parse_goal_file
+from engine.experiment.task import template_path
 
 SEED_GOAL_FILE = """\
 # Goal

@@ -10,13 +10,13 @@ import pytest
 from agents import make_agents
 from benchmarks.null_experiment import null_experiment
 from engine.driver import Search, SearchOptions
-from engine.repo import RunRepo
-from engine.rundata import load_run, trained
-from engine.status import format_status, summarise
-from engine.task import load_task, template_path
+from engine.experiment.task import load_task, template_path
+from engine.rundir.repo import RunRepo
+from engine.views.rundata import load_run, trained
+from engine.views.status import format_status, summarise
 from tests.run_dirs import T0, hand_written, null_search, row, story
 
-AUTORESEARCH = [sys.executable, "-m", "engine.cli"]
+AUTORESEARCH = [sys.executable, "-m", "autoresearch.cli"]
 
 
 def autoresearch(*args) -> subprocess.CompletedProcess:

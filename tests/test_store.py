@@ -7,7 +7,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from engine.store import COMPACT_EVERY, ROW_FIELDS, ResultStore
+from engine.rundir.store import COMPACT_EVERY, ROW_FIELDS, ResultStore
 
 METRICS = ["val_bpb", "peak_memory_gb"]
 

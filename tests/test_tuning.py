@@ -13,9 +13,10 @@ import pytest
 import ray
 
 from benchmarks.null_experiment import null_experiment
-from engine.dispatch import Dispatcher, Job
-from engine.runner import ExperimentResult, Progress, run_experiment
-from engine.tuning import Refinement
+from engine.experiment.records import ExperimentResult, Job
+from engine.experiment.runner import Progress, run_experiment
+from engine.search.ray_pool import RayPool
+from engine.tuning.refinement import Refinement
 from tests.conftest import with_train
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -98,13 +99,14 @@ def test_real_trials_share_the_gpus_with_mutations_and_find_a_better_learning_ra
     refinement = Refinement(
         "winner", files, template.spec, tmp_path, trials=3, concurrency=3, seed=0, budget_s=3,
         grace_s=120, early_stopping=False).start()
-    mutations = Dispatcher(1, null_experiment)
+    mutations = RayPool(1)
     ran = []  # (start, end) of each mutation experiment
     deadline = time.monotonic() + WAIT_S
     while not refinement.done:
         assert time.monotonic() < deadline, "the refinement did not end"
         if not mutations.running:
-            mutations.submit(Job(template.files, template.spec, 0, 1.0, None, None, 1), None)
+            mutations.submit(Job(template.files, template.spec, 0, 1.0, None, None, 1,
+                                 null_experiment), None)
         for _, outcome in mutations.wait(0.2):
             ran.append((outcome["started_at"], outcome["finished_at"]))
     trials = refinement.finished_trials()

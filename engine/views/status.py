@@ -8,20 +8,21 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections import Counter
 
-from engine.rundata import RunData, trained
+from engine.experiment.records import Result
+from engine.views.rundata import RunData, trained
+from engine.views.summary import Summary
 
 
 def summarise(run: RunData) -> dict:
     """Everything `status` shows, as plain data (JSON-ready)."""
     rows = run.rows
     finished = trained(rows)
-    mutations = [r for r in finished if r["kind"] == "mutation"]
+    counted = Summary.of([Result.from_row(row) for row in rows], run.info["created"])
     kept = run.kept
     end = last_result_at(run)
     elapsed = max(end - run.info["created"], 0.0)
-    busy, at_once = busy_seconds(rows), max_at_once(rows)
+    busy, at_once = counted.busy_s, max_at_once(rows)
     # The driver's own accounting (GPU-seconds in experiments over GPU-seconds the cluster
     # offered) where the checkpoint has it; else an estimate from the rows alone.
     gpu = run.population.get("gpu", {})
@@ -45,19 +46,18 @@ def summarise(run: RunData) -> dict:
         "islands": [{"index": k, "head": island["head"]["exp_id"],
                      "objective": _mean(island["head"]["runs"]), "stale": island["stale"]}
                     for k, island in enumerate(run.population.get("islands", []))],
-        "by_status": dict(sorted(Counter(r["status"] for r in rows).items())),
-        "experiments": len(finished),
+        "by_status": dict(sorted(counted.by_status.items())),
+        "experiments": counted.finished,
         "kept": len(kept),
-        "keep_rate": len(kept) / len(mutations) if mutations else None,
+        "keep_rate": counted.keep_rate(len(kept)),
         # GPU time spent making sure: a candidate's fresh-seed runs and the baseline's controls
-        "confirmation_share": (sum(r["kind"] in ("confirm", "control") for r in finished)
-                               / len(finished) if finished else None),
+        "confirmation_share": counted.confirmation_share if finished else None,
         "experiments_per_hour": len(finished) / elapsed * 3600 if elapsed else None,
         "gpu_busy_s": busy,
         "at_once": at_once,
         "slots": gpu.get("slots"),
         "gpu_utilisation": gpu_utilisation,
-        "cost_usd": sum(r["cost_usd"] for r in rows),
+        "cost_usd": counted.spent_usd,
     }
 
 
@@ -66,12 +66,6 @@ def last_result_at(run: RunData) -> float:
     finished search ran, and close to now for one that runs."""
     times = [r["finished_at"] or r["queued_at"] for r in run.rows]
     return max([run.info["created"], *(t for t in times if t)])
-
-
-def busy_seconds(rows: list[dict]) -> float:
-    """GPU-seconds spent in experiments: their start-to-finish times added up."""
-    return sum(r["finished_at"] - r["started_at"] for r in rows
-               if r["started_at"] is not None and r["finished_at"] is not None)
 
 
 def max_at_once(rows: list[dict]) -> int:

@@ -11,7 +11,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.spec import GOAL_FILE, HARNESS_FILE, Spec, load_spec
+from engine.experiment.spec import GOAL_FILE, HARNESS_FILE, Spec, load_spec
 
 # What an experiment carries: source and small text files. Outputs such as checkpoints stay.
 CARRIED_SUFFIXES = {".py", ".md", ".txt", ".json", ".toml", ".yaml", ".yml", ".cfg"}

@@ -15,8 +15,8 @@ from typing import BinaryIO
 
 from matplotlib.figure import Figure
 
-from engine.rundata import RunData, trained
-from engine.status import last_result_at, max_at_once
+from engine.views.rundata import RunData, trained
+from engine.views.status import last_result_at, max_at_once
 
 ISLAND_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#bcbd22",
                   "#17becf")
@@ -114,7 +114,7 @@ def progress(run: RunData, by: str = "number") -> Progress:
 
 def usage(run: RunData, bins: int = USAGE_BINS) -> Usage:
     """GPU utilisation (busy GPU-seconds over `max_at_once` GPUs, per bin; see
-    engine.status.max_at_once) and cost so far (proposals count when they were made)."""
+    engine.views.status.max_at_once) and cost so far (proposals count when they were made)."""
     start = run.info["created"]
     elapsed = last_result_at(run) - start
     at_once = max_at_once(run.rows)

@@ -1,31 +1,32 @@
 """One knob trial on its worker: write the values into the files, train, report to Ray Tune.
 
-A refinement (engine/tuning.py) hands Ray Tune the function `trainable` makes; Tune runs it on a
-worker holding a GPU of the same pool as the mutation experiments. The trial writes its values
-into the member's files (only the literals change), trains them under the ordinary runner, and
-reports as it goes: the training loss train.py reports (prepare.report), smoothed, is what ASHA
+A refinement (engine/tuning/refinement.py) hands Ray Tune the function `trainable` makes; Tune runs
+it on a worker holding a GPU of the same pool as the mutation experiments. The trial writes its
+values into the member's files (only the literals change), trains them under the ordinary runner,
+and reports as it goes: the training loss train.py reports (prepare.report), smoothed, is what ASHA
 compares, since the harness has no validation loss mid-training. That number comes from the
-candidate's own process: it can decide when a trial is cut, never its score. The last report
-carries the outcome the driver records, the objective among it.
+candidate's own process: it can decide when a trial is cut, never its score. The last report carries
+the outcome the driver records, the objective among it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import socket
 import time
 from collections.abc import Callable, Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import ray
 from ray import tune
 from ray.tune.utils import flatten_dict
 
-from engine.dispatch import Job, accelerator_here, run_job
-from engine.knobs import Knob, Value, write_knobs, written_value
-from engine.runner import ExperimentResult, Progress
-from engine.spec import Spec
+from engine.experiment.records import Job
+from engine.experiment.runner import Progress, run_experiment
+from engine.search.ray_pool import accelerator_here, run_job
+from engine.tuning.knobs import Knob, Value, write_knobs, written_value
 
 OBJECTIVE = "objective"  # the harness's score, in the final report of a trial that scored
 LOSS = "train_loss"  # the smoothed training loss, in every report: what ASHA compares
@@ -44,7 +45,7 @@ class TrialOutcome:
     trial_id: str  # Tune's id, the same after a resume
     values: dict[str, Value]  # knob label -> the value written into the files
     files: dict[str, str]  # what it trained
-    outcome: dict  # as engine.dispatch.run_job returns it: result, started_at, finished_at, ...
+    outcome: dict  # the Outcome as JSON data (records.Outcome.to_dict), as the ledger keeps it
     stopped_early: bool  # ASHA stopped it (its result's status is "stopped")
 
     @property
@@ -52,22 +53,6 @@ class TrialOutcome:
         """Its score, when it trained to the end and was scored without fault."""
         result = self.outcome["result"]
         return result["objective"] if result["status"] == "ok" else None
-
-
-@dataclass(frozen=True)
-class TrialJob:
-    """What every trial needs, on whichever worker runs it."""
-
-    files: dict[str, str]
-    knobs: tuple[Knob, ...]
-    spec: Spec
-    seed: int
-    budget_s: float
-    grace_s: float | None
-    expected_fingerprint: str | None
-    threads: int
-    run: Callable[..., ExperimentResult]
-    finished: dict[str, dict] = field(default_factory=dict)  # ledger: trial id -> last report
 
 
 class LossReporter:
@@ -92,10 +77,11 @@ class LossReporter:
             self.next_at = progress.elapsed_s + self.every
 
 
-def trainable(job: TrialJob, name: str) -> Callable[[dict], None]:
-    """The function Ray Tune calls with each trial's config, for the refinement `name`."""
+def trainable(job: Job, name: str, finished: dict[str, dict]) -> Callable[[dict], None]:
+    """The function Ray Tune calls with each trial's config, for the refinement `name`; a trial
+    in `finished` (the ledger: trial id -> last report) reports its recorded result at once."""
     def knob_trial(config: dict) -> None:
-        run_trial(config, job)
+        run_trial(config, job, finished)
 
     # Tune registers a trainable cluster-wide under its function's name: two refinements at
     # once must not share one, and a resume must find its own again.
@@ -103,9 +89,9 @@ def trainable(job: TrialJob, name: str) -> Callable[[dict], None]:
     return knob_trial
 
 
-def run_trial(config: dict, job: TrialJob) -> None:
+def run_trial(config: dict, job: Job, finished: dict[str, dict]) -> None:
     """One trial, on a worker: write the values, train under the runner, report."""
-    recorded = job.finished.get(tune.get_context().get_trial_id())
+    recorded = finished.get(tune.get_context().get_trial_id())
     if recorded is not None:
         tune.report(recorded)
         return
@@ -115,11 +101,9 @@ def run_trial(config: dict, job: TrialJob) -> None:
     reporter = LossReporter(job.budget_s, {
         "values": values, "started_at": time.time(), "node": socket.gethostname(),
         "gpu": ",".join(str(g) for g in gpus), "accelerator": accelerator_here()})
-    outcome = run_job(
-        Job(files, job.spec, job.seed, job.budget_s, job.grace_s, job.expected_fingerprint,
-            job.threads),
-        functools.partial(job.run, on_progress=reporter))
-    tune.report(last_report(TrialOutcome("", values, files, outcome, False),
+    outcome = run_job(dataclasses.replace(job, files=files, knobs=()),
+                      functools.partial(job.run or run_experiment, on_progress=reporter))
+    tune.report(last_report(TrialOutcome("", values, files, outcome.to_dict(), False),
                             loss=reporter.smoothed))
 
 

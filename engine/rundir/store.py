@@ -30,7 +30,10 @@ from typing import BinaryIO
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
+
+from engine.experiment.records import Result, Status
 
 _S, _F, _T = pa.string(), pa.float64(), pa.timestamp("ms", tz="UTC")
 _NULLABLE = ("island", "objective", "started_at", "finished_at")
@@ -52,7 +55,7 @@ TIMESTAMPS = ("queued_at", "started_at", "finished_at")
 LOG_TAIL_CHARS = 4000
 COMPACT_EVERY = 256
 _PART = re.compile(r"part-(\d+)-(\d+)\.parquet")
-_LEFT_OUT_OF_TSV = ("rejected", "interrupted", "stopped")
+READ_ATTEMPTS = 5
 _TSV_COLUMNS = ("exp_id", "commit", "status", "objective", "description", "peak_memory_gb")
 
 
@@ -80,20 +83,23 @@ class ResultStore:
                 self._merged_tsv.append(self._read_part(path, self._tsv_columns))
             self._count = last + 1
 
-    def append(self, row: dict) -> None:
-        """Write one row durably (the data is on disk, fsynced, before this returns).
+    def append(self, result: Result) -> None:
+        """Write one result durably (the data is on disk, fsynced, before this returns).
 
-        Timestamps arrive as float seconds since the epoch (or None); missing keys become null
-        (or "" / 0 for non-nullable strings/numbers); unknown keys raise ValueError. log_tail is
-        capped at LOG_TAIL_CHARS characters (keeping the end)."""
-        unknown = sorted(set(row) - set(self.schema.names))
-        if unknown:
-            raise ValueError(f"unknown result columns: {', '.join(unknown)}")
+        Metrics the store has no column for are left out; missing values become null (or "" / 0
+        for non-nullable strings/numbers). log_tail is capped at LOG_TAIL_CHARS characters
+        (keeping the end)."""
+        row = {name: value for name, value in result.to_row().items()
+               if name in self.schema.names}
         table = pa.Table.from_pylist([self._arrow_row(row)], schema=self.schema)
         self._loose.append((self._write_part(self._count, table), table))
         self._count += 1
         if len(self._loose) >= COMPACT_EVERY:
             self._compact()
+
+    def results(self) -> list[Result]:
+        """Every result so far, in append order, read from the folder."""
+        return [Result.from_row(row) for row in self.rows()]
 
     def rows(self) -> list[dict]:
         """Every row so far, in append order, as plain dicts (timestamps as float epoch seconds),
@@ -118,10 +124,10 @@ class ResultStore:
         for exp_id, commit, status, value, description, memory in zip(
                 columns["exp_id"], columns["commit"], columns["status"], columns["objective"],
                 columns["description"], memories, strict=True):
-            if status in _LEFT_OUT_OF_TSV:
+            if not Status(status).in_tsv:
                 continue
             status = ("keep" if exp_id in kept
-                      else "crash" if status in ("crash", "timeout") else "discard")
+                      else "crash" if status in (Status.CRASH, Status.TIMEOUT) else "discard")
             description = re.sub(r"[\t\r\n]", " ", description)
             lines.append(f"{commit[:7]}\t{value or 0.0:.6f}\t{memory or 0.0:.1f}\t{status}"
                          f"\t{description}")
@@ -187,6 +193,34 @@ class ResultStore:
                 raise ValueError(f"damaged results store: {path} should start at row {expected}")
             expected = last + 1
         return parts
+
+
+def read_rows(folder: Path) -> list[dict]:
+    """Every experiment's row of a results folder, once each, in the order they were appended;
+    an experiment interrupted and run again after a resume has its last row. This is for readers
+    other than the driver (status, report, a running search's onlookers): the driver may merge
+    parts while they read, so a part that vanished between listing and reading makes it read
+    again, and a row seen in two parts is kept once."""
+    for _ in range(READ_ATTEMPTS - 1):
+        try:
+            return _read_once(folder)
+        except (OSError, pa.ArrowInvalid):
+            continue  # a part was merged away while this read: list the folder again
+    return _read_once(folder)
+
+
+def _read_once(folder: Path) -> list[dict]:
+    # The part names carry the rows' sequence numbers, so sorted names are append order.
+    parts = sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []
+    if not parts:
+        return []
+    rows: dict[str, dict] = {}
+    for row in ds.dataset([str(p) for p in parts], format="parquet").to_table().to_pylist():
+        for name in TIMESTAMPS:
+            row[name] = row[name].timestamp() if row[name] is not None else None
+        rows.pop(row["exp_id"], None)
+        rows[row["exp_id"]] = row
+    return list(rows.values())
 
 
 def _to_rows(table: pa.Table) -> list[dict]:

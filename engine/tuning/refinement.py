@@ -1,8 +1,8 @@
 """Refinement: Optuna, through Ray Tune, tunes the knobs of one member while the agents go on.
 
 LLMs change structure well and constants badly; Optuna is the opposite. A `Refinement` takes the
-files of one member (a freshly promoted winner), finds its knobs (engine/knobs.py) and runs a Ray
-Tune experiment over them in a thread of its own:
+files of one member (a freshly promoted winner), finds its knobs (engine/tuning/knobs.py) and
+runs a Ray Tune experiment over them in a thread of its own:
 - the search is Optuna's TPE (`OptunaSearch`), whose first trial is the member's own values, its
   study kept in a journal file in the run dir;
 - every trial writes its values into the files (only the literals change) and trains them with
@@ -25,7 +25,6 @@ that were interrupted run again under their own ids, and the study goes on from 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -43,15 +42,14 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from engine.knobs import Knob, Value, find_knobs, write_knobs
-from engine.runner import ExperimentResult, run_experiment
-from engine.spec import Spec
-from engine.trial import (
+from engine.experiment.records import ExperimentResult, Job, Outcome, Status
+from engine.experiment.spec import Spec
+from engine.tuning.knobs import Knob, Value, find_knobs, write_knobs
+from engine.tuning.trial import (
     LOSS,
     OBJECTIVE,
     OUTCOME,
     SECONDS,
-    TrialJob,
     TrialOutcome,
     last_report,
     trainable,
@@ -87,19 +85,19 @@ class Refinement:
     may be called from any thread (the driver's loop); Tune's own work happens in the
     refinement's thread."""
 
-    def __init__(self, name: str, files: dict[str, str], spec: Spec, run_dir: Path, *,
+    def __init__(self, name: str, files: dict[str, str], spec: Spec, folder: Path, *,
                  trials: int, concurrency: int, seed: int, budget_s: float,
                  grace_s: float | None = None, expected_fingerprint: str | None = None,
                  threads: int = 1, gpus_per_trial: int = 1, early_stopping: bool = True,
                  sampler: optuna.samplers.BaseSampler | None = None,
-                 run: Callable[..., ExperimentResult] = run_experiment,
+                 run: Callable[..., ExperimentResult] | None = None,
                  recorded: Collection[str] = ()) -> None:
-        """`name` names the Tune run in `<run_dir>/tune/` (the same name resumes it); `trials`
+        """`name` names the Tune run kept in `folder` (the same folder resumes it); `trials`
         in all, at most `concurrency` at once, each on `seed` for `budget_s` seconds. `sampler`
         replaces TPE (a benchmark compares Optuna's random sampler); `run` replaces the runner,
         with its signature and `on_progress`. `recorded`: ids of trials the driver already holds
         results for; finished trials in the ledger that it lacks are handed over again. Raises
-        engine.knobs.KnobError for an annotation it cannot read and ValueError when there is
+        engine.tuning.knobs.KnobError for an annotation it cannot read and ValueError when there is
         nothing to tune."""
         self.name, self.files, self.spec = name, dict(files), spec
         self.knobs = [knob for knob in find_knobs(files, spec.editable_files) if knob.tunable]
@@ -107,11 +105,11 @@ class Refinement:
             raise ValueError("the editable files have no knob to tune")
         self.start_values: dict[str, Value] = {knob.label: knob.value for knob in self.knobs}
         self.trials, self.concurrency = trials, max(concurrency, 1)
-        self.path = Path(run_dir).resolve() / "tune" / name
+        self.path = Path(folder).resolve()
         self.path.mkdir(parents=True, exist_ok=True)
         self.error: BaseException | None = None  # what ended Tune, if not the end of its trials
-        self._job = TrialJob(dict(files), tuple(self.knobs), spec, seed, budget_s, grace_s,
-                              expected_fingerprint, threads, run)
+        self._job = Job(dict(files), spec, seed, budget_s, grace_s, expected_fingerprint,
+                        threads, run, tuple(self.knobs))
         self._gpus_per_trial, self._early_stopping = gpus_per_trial, early_stopping
         self._sampler = sampler or optuna.samplers.TPESampler(
             seed=seed, n_startup_trials=max(2, round(trials * STARTUP_SHARE)),
@@ -208,7 +206,7 @@ class Refinement:
             finished = {trial_id: last_report(outcome) for trial_id, outcome in
                         self._ended.items()}
         resourced = tune.with_resources(
-            trainable(dataclasses.replace(self._job, finished=finished), self.name),
+            trainable(self._job, self.name, finished),
             self._resources())
         if tune.Tuner.can_restore(str(self.path)):
             log.info("tuning %s: resuming its Tune run", self.name)
@@ -232,7 +230,7 @@ class Refinement:
                 max_concurrent_trials=self.concurrency, reuse_actors=True,
                 trial_dirname_creator=_trial_dirname),
             run_config=tune.RunConfig(
-                name=self.name, storage_path=str(self.path.parent), verbose=0,
+                name=self.path.name, storage_path=str(self.path.parent), verbose=0,
                 callbacks=[_Recorder(str(self.path))],
                 failure_config=tune.FailureConfig(max_failures=MAX_FAILURES)))
 
@@ -273,7 +271,7 @@ class Refinement:
     def _stopped_outcome(self, last: dict) -> dict:
         budget, seconds, loss = self._job.budget_s, last.get(SECONDS, 0.0), last.get(LOSS)
         result = ExperimentResult(
-            status="stopped", objective=None, seed=self._job.seed, budget_s=budget,
+            status=Status.STOPPED, objective=None, seed=self._job.seed, budget_s=budget,
             train_wall_s=seconds,
             metrics={"steps": float(last.get("step", 0)) + 1, "final_train_loss": loss},
             message=f"stopped early by ASHA after {seconds:.1f} s of its {budget:g} s of "
@@ -285,7 +283,7 @@ class Refinement:
         if trial.error_file and Path(trial.error_file).is_file():
             lines = Path(trial.error_file).read_text(errors="replace").strip().splitlines()
             detail = lines[-1] if lines else detail
-        result = ExperimentResult(status="crash", objective=None, seed=self._job.seed,
+        result = ExperimentResult(status=Status.CRASH, objective=None, seed=self._job.seed,
                                   budget_s=self._job.budget_s,
                                   message=f"the trial failed in Ray Tune: {detail}")
         return _outcome_dict(result, last)
@@ -387,10 +385,10 @@ class _KnobSearch(OptunaSearch):
 
 
 def _outcome_dict(result: ExperimentResult, last: dict) -> dict:
-    """An outcome shaped as engine.dispatch.run_job's, for a trial that did not return one."""
-    return {"result": result.to_dict(), "started_at": last.get("started_at", time.time()),
-            "finished_at": time.time(), "node": last.get("node", ""), "gpu": last.get("gpu", ""),
-            "accelerator": last.get("accelerator", "")}
+    """The Outcome of a trial that did not return one, as JSON data."""
+    return Outcome(result, last.get("started_at", time.time()), time.time(),
+                   last.get("node", ""), last.get("gpu", ""),
+                   last.get("accelerator", "")).to_dict()
 
 
 def _space(knobs: list[Knob]) -> dict[str, optuna.distributions.BaseDistribution]:

@@ -56,12 +56,12 @@ class LiveView:
         lineage = " → ".join(["start"] + [
             f"{m.exp_id} ({search.descriptions.get(m.exp_id, '')[:40]})"
             for m in population.promotions[-4:]])
-        trained = max(state.finished, 1)
+        keep_rate = state.keep_rate(len(population.kept))
         counts = ", ".join(f"{status} {n}" for status, n in sorted(state.by_status.items()))
         per_hour = (state.finished - state.finished_before) / max(elapsed, 1) * 3600
         rates = Text(
             f"experiments {state.finished} ({counts}) · {per_hour:.0f}/h · keep rate "
-            f"{len(population.kept) / trained:.0%} · confirmations "
+            f"{keep_rate or 0:.0%} · confirmations "
             f"{state.confirmation_share:.0%} · GPU utilisation {state.utilisation:.0%}"
             + (f" · cost ${state.spent_usd:.2f}" if state.spent_usd else ""))
         running = Table(box=None, pad_edge=False, header_style="bold")

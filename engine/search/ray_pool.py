@@ -1,7 +1,7 @@
 """Experiments as Ray tasks: one GPU each, files through the object store, results as they come.
 
 Workers need neither git nor a shared filesystem: a task carries the commit's files and returns
-the result as a plain dict. The GPU count is read from the cluster once a second, so a node that
+the result as an Outcome. The GPU count is read from the cluster once a second, so a node that
 joins mid-search is used without a restart; Ray places each task on whichever node has a GPU free,
 and runs a task again elsewhere when its node leaves mid-experiment (`max_retries`).
 """
@@ -11,12 +11,11 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import ray
 
-from engine.runner import ExperimentResult, run_experiment
-from engine.spec import Spec
+from engine.experiment.records import ExperimentResult, Job, Outcome
+from engine.experiment.runner import run_experiment
 
 REFRESH_S = 1.0  # how often the cluster's resources are read
 NODE_ID_SHOWN = 8  # hex digits of the Ray node id in a result's `node`
@@ -26,24 +25,13 @@ ACCELERATOR_LABEL = "ray.io/accelerator-type"
 CPU = "cpu"
 
 
-@dataclass(frozen=True)
-class Job:
-    """What a worker needs to run one experiment."""
-
-    files: dict[str, str]
-    spec: Spec
-    seed: int
-    budget_s: float
-    grace_s: float | None
-    expected_fingerprint: str | None
-    threads: int  # CPU threads the training process may use
-
-
 RunFunction = Callable[..., ExperimentResult]
 
 
-def run_job(job: Job, run: RunFunction = run_experiment) -> dict:
-    """Run one job where this process is (inside a Ray task, or directly in a test)."""
+def run_job(job: Job, run: RunFunction | None = None) -> Outcome:
+    """Run one job where this process is (inside a Ray task, a thread of the in-process pool, or
+    directly in a test). `run` replaces the job's own run function (a knob trial's reporter)."""
+    run = run or job.run or run_experiment
     started = time.time()
     thread_env = {name: str(job.threads) for name in
                   ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
@@ -55,14 +43,8 @@ def run_job(job: Job, run: RunFunction = run_experiment) -> dict:
     node = socket.gethostname()
     if in_ray:
         node += "/" + ray.get_runtime_context().get_node_id()[:NODE_ID_SHOWN]
-    return {
-        "result": result.to_dict(),
-        "started_at": started,
-        "finished_at": time.time(),
-        "node": node,
-        "gpu": ",".join(str(g) for g in gpus),
-        "accelerator": accelerator_here(),
-    }
+    return Outcome(result, started, time.time(), node, ",".join(str(g) for g in gpus),
+                   accelerator_here())
 
 
 def accelerator_here() -> str:
@@ -72,13 +54,13 @@ def accelerator_here() -> str:
     return ray.get_runtime_context().get_node_labels().get(ACCELERATOR_LABEL, CPU)
 
 
-class Dispatcher:
-    """Submits jobs as Ray tasks holding `gpus_per_experiment` GPUs (or one CPU slot where the
-    cluster has never had a GPU) and hands back each outcome the moment it is ready."""
+class RayPool:
+    """The GPU pool of a Ray cluster (engine/search/pool.py's protocol): submits jobs as Ray tasks
+    holding `gpus_per_experiment` GPUs (or one CPU slot where the cluster has never had a GPU)
+    and hands back each outcome the moment it is ready."""
 
-    def __init__(self, gpus_per_experiment: int, run: RunFunction = run_experiment) -> None:
+    def __init__(self, gpus_per_experiment: int) -> None:
         self.gpus_per_experiment = max(gpus_per_experiment, 1)
-        self._run = run
         self._running: dict[ray.ObjectRef, object] = {}
         # A worker never touches the GPU itself (training runs in a child process that exits),
         # so workers can be reused instead of Ray's default of one new process per GPU task.
@@ -131,7 +113,7 @@ class Dispatcher:
         options = self._options
         if accelerator in self._slots_of:
             options = {**options, "label_selector": {ACCELERATOR_LABEL: accelerator}}
-        ref = self._remote.options(**options).remote(job, self._run)
+        ref = self._remote.options(**options).remote(job)
         self._running[ref] = tag
         if accelerator in self._slots_of:
             self._pinned[ref] = accelerator
@@ -140,9 +122,9 @@ class Dispatcher:
     def running(self) -> list[object]:
         return list(self._running.values())
 
-    def wait(self, timeout_s: float) -> list[tuple[object, dict | Exception]]:
-        """Outcomes that are ready (waiting at most `timeout_s` for the first): the worker's dict,
-        or the exception that ended the task."""
+    def wait(self, timeout_s: float) -> list[tuple[object, Outcome | Exception]]:
+        """Outcomes that are ready (waiting at most `timeout_s` for the first): the worker's
+        Outcome, or the exception that ended the task."""
         if not self._running:
             time.sleep(timeout_s)
             return []

@@ -13,10 +13,10 @@ import time
 from html import escape
 from pathlib import Path
 
-from engine.plots import draw_progress, draw_usage, progress, usage
-from engine.rundata import RunData, promotion_tree
-from engine.spec import GOAL_FILE
-from engine.status import format_status, summarise
+from engine.experiment.spec import GOAL_FILE
+from engine.views.plots import draw_progress, draw_usage, progress, usage
+from engine.views.rundata import RunData, promotion_tree
+from engine.views.status import format_status, summarise
 
 TOP = 10
 REPORT_TOP = 25

@@ -10,11 +10,11 @@ import dataclasses
 import json
 from pathlib import Path
 
-from engine.driver import SearchOptions
-from engine.repo import GitError, RunRepo
-from engine.rundir import RUN_INFO, read_run_info
-from engine.spec import GOAL_FILE, GoalFileError, parse_goal_file
-from engine.task import Task
+from engine.experiment.spec import GOAL_FILE, GoalFileError, parse_goal_file
+from engine.experiment.task import Task
+from engine.rundir.layout import RunDir
+from engine.rundir.repo import GitError
+from engine.search.options import SearchOptions
 
 
 class BrokenRunDir(ValueError):
@@ -24,17 +24,17 @@ class BrokenRunDir(ValueError):
 def stopped_run(run_dir: Path | str) -> tuple[Task, dict]:
     """The task the run started from (its goal file and files at the run's first commit) and
     run.json. Raises BrokenRunDir, naming what is missing or damaged."""
-    folder = Path(run_dir)
-    if not (folder / RUN_INFO).is_file():
-        raise BrokenRunDir(f"{folder} holds no run to resume (no {RUN_INFO})")
+    folder = RunDir(run_dir)
+    if not folder.holds_run:
+        raise BrokenRunDir(f"{folder} holds no run to resume (no {RunDir.INFO})")
     try:
-        info = read_run_info(folder)
+        info = folder.read_info()
         start = info["start_commit"]
     except (json.JSONDecodeError, KeyError) as error:
-        raise BrokenRunDir(f"{folder / RUN_INFO} is damaged or from an older version "
+        raise BrokenRunDir(f"{folder.info_path} is damaged or from an older version "
                            f"({type(error).__name__}: {error}); it cannot be resumed") from error
     try:
-        files = RunRepo(folder / "repo.git").files_at(start)
+        files = folder.repo().files_at(start)
     except GitError as error:
         raise BrokenRunDir(f"the run's git repository in {folder} is damaged or missing: "
                            f"{error}") from error

@@ -9,9 +9,14 @@ with a `GoalFileError` whose message is one sentence naming the line.
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 GOAL_FILE = "program.md"
 HARNESS_FILE = "prepare.py"
@@ -58,6 +63,25 @@ class Objective:
         if self.direction == "minimize":
             return candidate < reference
         return candidate > reference
+
+    def advantage(self, candidate: float, reference: float) -> float:
+        """How far `candidate` is ahead of `reference` (negative: behind)."""
+        return reference - candidate if self.direction == "minimize" else candidate - reference
+
+    def sort_key(self, value: float | None) -> float:
+        """Sorts scores best first, no score last."""
+        if value is None:
+            return math.inf
+        return value if self.direction == "minimize" else -value
+
+    def ranked(self, items: Iterable[T], score: Callable[[T], float | None]) -> list[T]:
+        """`items` best first by `score` (those without one last)."""
+        return sorted(items, key=lambda item: self.sort_key(score(item)))
+
+    def best(self, items: Iterable[T], score: Callable[[T], float | None]) -> T | None:
+        """The item with the best score, None when none has one."""
+        ranked = [item for item in self.ranked(items, score) if score(item) is not None]
+        return ranked[0] if ranked else None
 
 
 @dataclass(frozen=True)

@@ -7,20 +7,14 @@ grows, population.json is replaced atomically) and after.
 
 from __future__ import annotations
 
-import json
 import statistics
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.dataset as ds
-
-from engine.repo import RunRepo
-from engine.rundir import CHECKPOINT, NOT_TRAINED, RUN_INFO
-from engine.store import TIMESTAMPS
-
-READ_ATTEMPTS = 5
+from engine.experiment.records import Status
+from engine.rundir.layout import RunDir
+from engine.rundir.repo import RunRepo
 
 
 class NotARunDir(ValueError):
@@ -51,7 +45,7 @@ class RunData:
 
     @cached_property
     def repo(self) -> RunRepo:
-        return RunRepo(self.path / "repo.git")
+        return RunDir(self.path).repo()
 
     @cached_property
     def by_id(self) -> dict[str, dict]:
@@ -140,32 +134,16 @@ class RunData:
 
 def load_run(path: Path | str) -> RunData:
     """Read the run dir at `path`; raises NotARunDir when it has no run.json."""
-    path = Path(path)
-    info_path = path / RUN_INFO
-    if not info_path.is_file():
-        raise NotARunDir(f"{path} is not a run dir (it has no run.json)")
-    checkpoint = path / CHECKPOINT
-    population = json.loads(checkpoint.read_text()) if checkpoint.is_file() else {}
-    return RunData(path, json.loads(info_path.read_text()), population,
-                   read_rows(path / "results"))
-
-
-def read_rows(folder: Path) -> list[dict]:
-    """Every experiment's row of a results folder (engine/store.py), once each, in the order they
-    were appended; an experiment interrupted and run again after a resume has its last row. The
-    driver may merge parts while this reads: a part that vanished between listing and reading
-    makes it read again, and a row seen in two parts is kept once."""
-    for _ in range(READ_ATTEMPTS - 1):
-        try:
-            return _read_once(folder)
-        except (OSError, pa.ArrowInvalid):
-            continue  # a part was merged away while this read: list the folder again
-    return _read_once(folder)
+    run_dir = RunDir(path)
+    if not run_dir.holds_run:
+        raise NotARunDir(f"{path} is not a run dir (it has no {RunDir.INFO})")
+    return RunData(run_dir.path, run_dir.read_info(), run_dir.read_checkpoint(),
+                   run_dir.read_rows())
 
 
 def trained(rows: list[dict]) -> list[dict]:
     """The rows of experiments that ran to the end (whatever their status)."""
-    return [r for r in rows if r["status"] not in NOT_TRAINED]
+    return [r for r in rows if Status(r["status"]).trained]
 
 
 def promotion_tree(run: RunData) -> dict:
@@ -197,17 +175,3 @@ def _scored(row: dict) -> bool:
 def _step(row: dict) -> dict:
     return {"exp_id": row["exp_id"], "objective": row["objective"],
             "description": row["description"], "commit": row["commit"]}
-
-
-def _read_once(folder: Path) -> list[dict]:
-    # The part names carry the rows' sequence numbers, so sorted names are append order.
-    parts = sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []
-    if not parts:
-        return []
-    rows: dict[str, dict] = {}
-    for row in ds.dataset([str(p) for p in parts], format="parquet").to_table().to_pylist():
-        for name in TIMESTAMPS:
-            row[name] = row[name].timestamp() if row[name] is not None else None
-        rows.pop(row["exp_id"], None)
-        rows[row["exp_id"]] = row
-    return list(rows.values())

@@ -32,8 +32,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
-from agents.base import Proposal
-from engine.spec import Spec
+from engine.experiment.spec import Spec
+from engine.protocol import Proposal
 
 # What a call's name ends with, for each kind of random API (torch, numpy, random, jax, ...).
 _SEEDERS = {"manual_seed", "seed", "manual_seed_all", "set_seed", "set_rng_state", "seed_all"}

@@ -8,9 +8,9 @@ disagrees, for `status --verify`).
 
 from __future__ import annotations
 
-from engine.population import Member, Population
-from engine.repo import RunRepo, branch_name
-from engine.rundir import NOT_TRAINED, result_note
+from engine.experiment.records import Result
+from engine.rundir.repo import RunRepo, branch_name
+from engine.search.population import Member, Population
 
 
 class Branches:
@@ -28,10 +28,10 @@ class Branches:
     def move_island(self, island: int, commit: str) -> None:
         self.repo.set_branch(branch_name(self.run, island), commit)
 
-    def note(self, row: dict) -> None:
+    def note(self, result: Result) -> None:
         """Attach a result to its experiment's commit."""
-        if row["commit"]:
-            self.repo.add_note(row["commit"], result_note(row, self.metric))
+        if result.commit:
+            self.repo.add_note(result.commit, result_note(result, self.metric))
 
     def promote(self, member: Member, reason: str) -> str:
         """Merge `member` onto the baseline branch and return the merge commit."""
@@ -48,7 +48,8 @@ class Branches:
             self._merged = self.repo.merges_on(branch_name(self.run, None))
         return self._merged.get(member.commit)
 
-    def reconcile(self, population: Population, rows: list[dict], *, write: bool) -> list[str]:
+    def reconcile(self, population: Population, results: list[Result], *,
+                  write: bool) -> list[str]:
         """What disagrees with the results (replayed into `population`): a branch elsewhere than
         its member, a result without its note. Repaired when `write`."""
         problems = []
@@ -63,10 +64,18 @@ class Branches:
                 if write:
                     self.repo.set_branch(name, commit)
         noted = self.repo.noted()
-        for row in rows:
-            if row["commit"] and row["status"] not in NOT_TRAINED and row["commit"] not in noted:
-                problems.append(f"{row['exp_id']}'s commit has no note of its result")
+        for result in results:
+            if result.commit and result.status.trained and result.commit not in noted:
+                problems.append(f"{result.exp_id}'s commit has no note of its result")
                 if write:
-                    self.note(row)
-                    noted.add(row["commit"])
+                    self.note(result)
+                    noted.add(result.commit)
         return problems
+
+
+def result_note(result: Result, metric: str) -> str:
+    """The git note that gives an experiment's commit its result, once known."""
+    value = result.objective
+    score = f"{metric} {value:.6f}" if value is not None else "no score"
+    return f"{result.exp_id}: {result.status}, {score}" + (
+        f" ({result.message})" if result.message else "")

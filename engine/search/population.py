@@ -41,16 +41,13 @@ import random
 import statistics
 from collections import deque
 from dataclasses import dataclass, field
-from functools import lru_cache
 
-from scipy.stats import t as student_t
-
-from agents.base import Attempt
-from engine.spec import Objective
+from engine.experiment.spec import Objective
+from engine.protocol import Attempt
+from engine.search.noise import MIN_SIGMA, Noise, t_quantile
 
 HISTORY_LENGTH = 30  # attempts an agent sees of its island
 ARCHIVE_SIZE = 8  # kept members an island remembers as possible parents
-MIN_SIGMA = 1e-6  # a task with no measurable noise still needs a strictly positive margin
 CPU = "cpu"  # the accelerator type of a run that had none
 # The latest runs of a member that make its level: older ones saw other conditions. With 3, the
 # control runs of one confirmation replace the baseline's level whole; with 6 it lagged a drifting
@@ -65,7 +62,6 @@ ALPHA = 0.01
 # 30 candidates, iid), 2.0 spent 0.16 of the runs of no-op searches on confirmations, with a power
 # of 0.42 at a 2 sigma gain and 0.96 at 4 sigma; 1.75 spent 0.20, for 0.48 and 0.98.
 SCREEN_Z = 2.0
-MIN_OWN_DF = 4  # below this, a type's sigma is pooled with every other type's
 
 
 @dataclass
@@ -133,44 +129,6 @@ class _Confirmation:
     controls: list[tuple[float, str]] = field(default_factory=list)
 
 
-class Noise:
-    """The noise sigma per accelerator type, pooled from groups of runs of one code made at one
-    time: a group's spread about its own mean holds no drift between groups."""
-
-    def __init__(self) -> None:
-        self._squares: dict[str, float] = {}  # type -> summed squared deviations
-        self._df: dict[str, int] = {}  # type -> degrees of freedom
-
-    def add_group(self, accelerator: str, values: list[float]) -> None:
-        if len(values) < 2:
-            return
-        mean = statistics.fmean(values)
-        self._squares[accelerator] = self._squares.get(accelerator, 0.0) + sum(
-            (v - mean) ** 2 for v in values)
-        self._df[accelerator] = self._df.get(accelerator, 0) + len(values) - 1
-
-    def estimate(self, accelerator: str | None = None) -> tuple[float, int] | None:
-        """Sigma and its degrees of freedom on `accelerator` (pooled over every type when that
-        type has fewer than MIN_OWN_DF, or when None); None before any repeated run."""
-        if accelerator is not None and self._df.get(accelerator, 0) >= MIN_OWN_DF:
-            squares, df = self._squares[accelerator], self._df[accelerator]
-        else:
-            squares, df = sum(self._squares.values()), sum(self._df.values())
-        if df == 0:
-            return None
-        return max(math.sqrt(squares / df), MIN_SIGMA), df
-
-    def to_dict(self) -> dict:
-        return {accelerator: {"sigma": self.estimate(accelerator)[0], "df": df}
-                for accelerator, df in sorted(self._df.items())}
-
-
-@lru_cache(maxsize=1024)
-def t_quantile(level: float, df: int) -> float:
-    """The one-sided critical value of Student's t with `df` degrees of freedom."""
-    return float(student_t.ppf(1 - level, df))
-
-
 class Population:
     """Islands, baseline and noise; every decision about results goes through `observe_*`."""
 
@@ -225,8 +183,7 @@ class Population:
         candidates = [m for m in chosen.archive if m.commit != chosen.head.commit and m.runs]
         if not candidates or self._rng.random() >= self.explore:
             return chosen.head
-        ranked = sorted(candidates, key=lambda m: m.objective,
-                        reverse=self.objective.direction == "maximize")
+        ranked = self.objective.ranked(candidates, lambda m: m.objective)
         weights = [1.0 / (1 + rank) / (1 + m.children) for rank, m in enumerate(ranked)]
         return self._rng.choices(ranked, weights)[0]
 
@@ -438,9 +395,7 @@ class Population:
         return self.objective.is_better(candidate, reference)
 
     def _advantage(self, candidate: float, reference: float) -> float:
-        """How far `candidate` is ahead of `reference` (negative: behind)."""
-        ahead = reference - candidate
-        return ahead if self.objective.direction == "minimize" else -ahead
+        return self.objective.advantage(candidate, reference)
 
     def _level(self, member: Member, accelerator: str) -> tuple[float, int]:
         """The member's level on `accelerator`, and how many runs it holds (see the rules)."""
@@ -464,18 +419,13 @@ class Population:
         return estimate[0] if estimate else MIN_SIGMA
 
     def _bounded_archive(self, members: list[Member]) -> list[Member]:
-        ranked = sorted(members, key=lambda m: m.objective,
-                        reverse=self.objective.direction == "maximize")
-        return ranked[:ARCHIVE_SIZE]
+        return self.objective.ranked(members, lambda m: m.objective)[:ARCHIVE_SIZE]
 
     def best(self) -> Member:
         """The best scored member anywhere (the baseline when nothing beat it)."""
-        scored = [self.baseline] + [i.head for i in self.islands if i.head.runs]
-        scored = [m for m in scored if m.runs]
-        if not scored:
-            return self.baseline
-        pick = min if self.objective.direction == "minimize" else max
-        return pick(scored, key=lambda m: m.objective)
+        members = [self.baseline] + [island.head for island in self.islands]
+        best = self.objective.best(members, lambda m: m.objective if m.runs else None)
+        return best or self.baseline
 
 
 def _as_dict(member: Member) -> dict:

@@ -5,8 +5,8 @@ task. It needs no git and no shared filesystem: the task's files come in as a di
 
 The life of one run, in a private temporary folder:
 1. the task's files are written to `work/`; train.py runs there as a supervised process tree
-   (engine/supervise.py) with the budget and the runner's seed, and hands its model to the
-   harness (an exported program, `model.pt2`);
+   (engine/experiment/supervise.py) with the budget and the runner's seed, and hands its model
+   to the harness (an exported program, `model.pt2`);
 2. once that whole tree is dead, a fresh copy of the harness is written to `score/` and scores
    the model in a process of its own; only what that process prints becomes the score;
 3. the constraints of the spec are checked against what the harness measured.
@@ -24,15 +24,15 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 import psutil
 
-from engine.spec import HARNESS_FILE, Spec
+from engine.experiment.records import ExperimentResult, Status
+from engine.experiment.spec import HARNESS_FILE, Spec
 
-STATUSES = ("ok", "crash", "timeout", "invalid")
 LOG_TAIL_LINES = 40
 EVAL_TIMEOUT_S = 600.0
 SUPERVISOR = Path(__file__).with_name("supervise.py")
@@ -42,27 +42,6 @@ MAX_PROCESSES = 1024
 MAX_LOG_BYTES = 256 * 2**20
 READ_LIMIT_BYTES = 64 * 2**20  # of a file the candidate wrote (its progress), read by the runner
 POLL_S = 0.2  # how often the runner looks at the supervisor and at train.py's progress
-
-
-@dataclass
-class ExperimentResult:
-    """What one experiment produced. Every number here was measured by the engine or the harness,
-    except `steps` and `loss_spikes`, which come from the losses train.py reported."""
-
-    status: str  # one of STATUSES
-    objective: float | None  # the spec's objective metric, when the harness could score the model
-    metrics: dict[str, float] = field(default_factory=dict)  # everything the harness measured
-    seed: int = 0  # chosen by the runner, handed to train.py
-    budget_s: float = 0.0  # the training time budget
-    train_wall_s: float = 0.0  # wall time of the training process, start-up included
-    eval_wall_s: float = 0.0
-    message: str = ""  # why, for any status but ok
-    log_tail: str = ""  # the end of train.py's output
-    left_behind: int = 0  # processes train.py left running, killed by the runner
-    data_fingerprint: str = ""  # which data the harness scored against
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -104,7 +83,7 @@ def run_experiment(
     """
     budget = float(budget_s if budget_s is not None else spec.time_budget_s)
     grace = default_grace_s(budget) if grace_s is None else grace_s
-    result = ExperimentResult(status="ok", objective=None, seed=seed, budget_s=budget)
+    result = ExperimentResult(status=Status.OK, objective=None, seed=seed, budget_s=budget)
     with tempfile.TemporaryDirectory(prefix="autoresearch-") as tmp:
         work, score = Path(tmp, "work"), Path(tmp, "score")
         _write_files(work, files)
@@ -128,26 +107,26 @@ def run_experiment(
         result.metrics.update(_stability(losses))
         result.metrics["peak_memory_gb"] = peak_cuda_gb or train["peak_rss_gb"]
         if train["outcome"] == "timeout":
-            return _fail(result, "timeout", f"train.py ran past its budget plus {grace:.0f} s "
+            return _fail(result, Status.TIMEOUT, f"train.py ran past its budget plus {grace:.0f} s "
                                              "of grace and was killed")
         if train["outcome"] == "memory":
-            return _fail(result, "invalid", f"train.py used more than the memory limit of "
+            return _fail(result, Status.INVALID, f"train.py used more than the memory limit of "
                                              f"{spec.memory_limit_gb:g} GB and was killed")
         if train["outcome"] == "supervisor killed":
-            return _fail(result, "crash", "the supervisor of train.py was killed (by train.py, "
-                                           "or from outside); train.py died with it, processes "
-                                           "it started may still run")
+            return _fail(result, Status.CRASH,
+                         "the supervisor of train.py was killed (by train.py, or from outside); "
+                         "train.py died with it, processes it started may still run")
         if train["outcome"] == "processes":
-            return _fail(result, "invalid", f"train.py ran more than {MAX_PROCESSES} processes "
-                                             "at once and was killed")
+            return _fail(result, Status.INVALID,
+                         f"train.py ran more than {MAX_PROCESSES} processes at once and was killed")
         if train["outcome"] == "log":
-            return _fail(result, "invalid", f"train.py printed more than "
+            return _fail(result, Status.INVALID, f"train.py printed more than "
                                              f"{MAX_LOG_BYTES / 2**20:g} MB and was killed")
         if train["exit_code"] != 0:
-            return _fail(result, "crash", f"train.py exited with status {train['exit_code']}: "
+            return _fail(result, Status.CRASH, f"train.py exited with status {train['exit_code']}: "
                                            f"{_last_line(result.log_tail)}")
         if not _is_plain_file(model_path):
-            return _fail(result, "crash", "train.py ended without handing a model to the "
+            return _fail(result, Status.CRASH, "train.py ended without handing a model to the "
                                            "harness (prepare.hand_over)")
         # Nothing of the candidate runs any more: write the harness afresh, over whatever the
         # candidate may have left at these paths, and let it score.
@@ -163,7 +142,7 @@ def run_experiment(
         scored = _last_json_line(Path(tmp, "eval.log"))
         if evaluation["outcome"] != "exited" or evaluation["exit_code"] != 0 or scored is None:
             tail = _last_line(_tail(Path(tmp, "eval.log")))
-            return _fail(result, "crash", f"the harness could not score the model: {tail}")
+            return _fail(result, Status.CRASH, f"the harness could not score the model: {tail}")
     return _judge(result, scored, spec, expected_fingerprint)
 
 
@@ -175,22 +154,23 @@ def _judge(result: ExperimentResult, scored: dict, spec: Spec,
     result.data_fingerprint = scored.get("data_fingerprint", "")
     result.objective = result.metrics.get(spec.objective.metric)
     if not scored.get("valid", False):
-        return _fail(result, "invalid", f"the harness refused the model: {scored.get('reason')}")
+        return _fail(result, Status.INVALID,
+                     f"the harness refused the model: {scored.get('reason')}")
     if result.objective is None:
-        return _fail(result, "crash", f"the harness reported no {spec.objective.metric}")
+        return _fail(result, Status.CRASH, f"the harness reported no {spec.objective.metric}")
     params = int(result.metrics.get("params", 0))
     if spec.param_limit is not None and params >= spec.param_limit:
-        return _fail(result, "invalid", f"the model has {params:,} parameters; the goal file "
+        return _fail(result, Status.INVALID, f"the model has {params:,} parameters; the goal file "
                                          f"allows fewer than {spec.param_limit:,}")
     if expected_fingerprint and result.data_fingerprint != expected_fingerprint:
-        return _fail(result, "invalid", "the task's data changed during the experiment "
+        return _fail(result, Status.INVALID, "the task's data changed during the experiment "
                                          f"({result.data_fingerprint} != {expected_fingerprint})")
     return result
 
 
-def _fail(result: ExperimentResult, status: str, message: str) -> ExperimentResult:
+def _fail(result: ExperimentResult, status: Status, message: str) -> ExperimentResult:
     result.status, result.message = status, message
-    if status in ("crash", "timeout"):
+    if status in (Status.CRASH, Status.TIMEOUT):
         result.objective = None
     return result
 
@@ -224,8 +204,8 @@ def _base_env(extra: dict[str, str] | None) -> dict[str, str]:
 def _supervised(command: list[str], *, cwd: Path, env: dict[str, str], deadline_s: float,
                 memory_limit_gb: float | None, log_path: Path, report_path: Path,
                 on_poll: Callable[[], None] | None = None) -> dict:
-    """Run `command` under engine/supervise.py and return its report, calling `on_poll` every
-    POLL_S while it runs and once after."""
+    """Run `command` under engine/experiment/supervise.py and return its report, calling
+    `on_poll` every POLL_S while it runs and once after."""
     supervisor = [sys.executable, str(SUPERVISOR), "--report", str(report_path),
                   "--log", str(log_path), "--deadline", repr(deadline_s),
                   "--memory-gb", repr(memory_limit_gb or 0.0),

@@ -5,8 +5,8 @@ it; its result arrives later in the results store. After a stop of any kind, the
 the journal with no completed row are exactly the ones that were queued or in flight: `resume`
 queues them again, and no experiment with a result ever runs twice.
 
-    RUN_DIR/journal.jsonl   one JSON object per queued experiment (engine/driver.Experiment,
-                            without its files: they are in the run's git at its commit)
+    RUN_DIR/journal.jsonl   one JSON object per queued experiment (records.Experiment, without
+                            its files: they are in the run's git at its commit)
 """
 
 from __future__ import annotations
@@ -15,14 +15,12 @@ import json
 import os
 from pathlib import Path
 
-JOURNAL = "journal.jsonl"
-
 
 class Journal:
     """Append-only, one line per experiment; a line cut short by a crash is ignored on reading."""
 
-    def __init__(self, run_dir: Path) -> None:
-        self.path = Path(run_dir) / JOURNAL
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
         self._file = None
 
     def append(self, entry: dict) -> None:

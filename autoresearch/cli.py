@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING
 import click
 
 from agents import AGENT_NAMES, make_agents
-from engine.runner import run_experiment
-from engine.spec import GoalFileError
-from engine.task import TaskError, init_task, load_task
+from engine.experiment.runner import run_experiment
+from engine.experiment.spec import GoalFileError
+from engine.experiment.task import TaskError, init_task, load_task
 
 if TYPE_CHECKING:
     from engine.driver import Search, SearchOptions
-    from engine.rundata import RunData
+    from engine.views.rundata import RunData
 
 
 class BadInput(click.ClickException):
@@ -191,7 +191,7 @@ def resume(run_dir: str, max_experiments: int | None, hours: float | None,
     result runs twice."""
     from engine.cluster import start_ray
     from engine.driver import Search
-    from engine.resume import BrokenRunDir, resumed_options, stopped_run
+    from engine.rundir.stopped import BrokenRunDir, resumed_options, stopped_run
 
     try:
         task, info = stopped_run(run_dir)
@@ -223,12 +223,12 @@ def _agents(options: SearchOptions) -> list:
 def _run_search(search: Search, quiet: bool) -> None:
     """Run a new or resumed search with the live view (or log lines), then print the
     leaderboard."""
-    from engine.live import LiveView
-    from engine.report import leaderboard
-    from engine.rundir import RunDirUnwritable
+    from engine.rundir.layout import RunDirUnwritable
+    from engine.views.live import LiveView
+    from engine.views.report import leaderboard
 
     folder = search.run_dir
-    _log_to(folder / "driver.log", console=quiet)
+    _log_to(folder.log_path, console=quiet)
     try:
         if quiet:
             search.run()
@@ -249,7 +249,7 @@ def _run_search(search: Search, quiet: bool) -> None:
 def export(run_dir: str, target: str | None) -> None:
     """Copy the branches of the run in RUN_DIR into a git repository (by default the task's own),
     as autoresearch/RUN/baseline and autoresearch/RUN/island-K. Nothing else there changes."""
-    from engine.repo import GitError
+    from engine.rundir.repo import GitError
 
     run = _open_run(run_dir)
     destination = target or run.info["task"]
@@ -271,7 +271,7 @@ def status(run_dir: str, as_json: bool, verify: bool) -> None:
     """Where the search in RUN_DIR stands, while it runs or after: the best so far and its
     lineage, each island's head, experiments by status, keep rate, experiments per hour, GPU
     utilisation and cost."""
-    from engine.status import format_status, summarise
+    from engine.views.status import format_status, summarise
 
     if verify:
         _verify(run_dir)
@@ -283,7 +283,7 @@ def status(run_dir: str, as_json: bool, verify: bool) -> None:
 def _verify(run_dir: str) -> None:
     """Replay the run without writing anything, and list what a resume would have to repair."""
     from engine.driver import Search
-    from engine.resume import BrokenRunDir, resumed_options, stopped_run
+    from engine.rundir.stopped import BrokenRunDir, resumed_options, stopped_run
 
     try:
         task, info = stopped_run(run_dir)
@@ -311,7 +311,7 @@ def report(run_dir: str, by: str) -> None:
     """Write progress.png and report.html into RUN_DIR: the progress plot, the leaderboard, the
     lineage of the promotions, each winner's diff, cost and utilisation, and the goal file, in
     one file that opens from disk with no server and no network."""
-    from engine.report import write_report
+    from engine.views.report import write_report
 
     picture, page = write_report(_open_run(run_dir), by)
     click.echo(f"Wrote {picture} and {page} (open file://{page.resolve()} in a browser).")
@@ -327,7 +327,7 @@ def reproduce(run_dir: str, exp_id: str, as_json: bool) -> None:
     within 2 noise sigmas). Exits 0 whether it matches or not."""
     from engine.reproduce import format_reproduction
     from engine.reproduce import reproduce as train_again
-    from engine.rundata import NoSuchChange
+    from engine.views.rundata import NoSuchChange
 
     run = _open_run(run_dir)
     try:
@@ -347,7 +347,7 @@ def reproduce(run_dir: str, exp_id: str, as_json: bool) -> None:
 def diff(run_dir: str, exp_id: str) -> None:
     """Print the change experiment EXP_ID of the run in RUN_DIR made to its parent, as a
     unified diff."""
-    from engine.rundata import NoSuchChange
+    from engine.views.rundata import NoSuchChange
 
     try:
         click.echo(_open_run(run_dir).change(exp_id), nl=False)
@@ -357,7 +357,7 @@ def diff(run_dir: str, exp_id: str) -> None:
 
 def _open_run(run_dir: str) -> RunData:
     """The run in `run_dir`, read now; one sentence and exit 2 when it is not a run dir."""
-    from engine.rundata import NotARunDir, load_run
+    from engine.views.rundata import NotARunDir, load_run
 
     try:
         return load_run(run_dir)

@@ -1,0 +1,111 @@
+"""The run dir: everything one search writes, self-contained, so that status, resume, report and
+reproduce need nothing else. `RunDir` is the one place that knows its paths and how each file is
+written:
+
+    RUN_DIR/run.json          the run: name, task folder, options, objective (written at start)
+    RUN_DIR/population.json   the population checkpoint, replaced atomically every second
+    RUN_DIR/journal.jsonl     every experiment queued, durably, before it runs (journal.py)
+    RUN_DIR/repo.git/         the run's git repository (repo.py): every experiment a commit
+    RUN_DIR/results/          one row per experiment, Parquet (store.py)
+    RUN_DIR/results.tsv       the same in the original autoresearch's columns
+    RUN_DIR/driver.log        what the driver decided and why
+    RUN_DIR/tune/NAME/        one knob tuning: Ray Tune's state, the Optuna study, its trials
+    RUN_DIR/report.html       `autoresearch report`, with progress.png
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from engine.rundir.journal import Journal
+from engine.rundir.repo import RunRepo
+from engine.rundir.store import ResultStore, read_rows
+
+
+class RunDirUnwritable(RuntimeError):
+    """The run dir cannot be written (disk full, read-only, gone); the message says what to do."""
+
+
+class RunDir:
+    """The paths of one run dir, and the only writer of its files."""
+
+    INFO = "run.json"
+    CHECKPOINT = "population.json"
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.name = self.path.name
+        self.info_path = self.path / self.INFO
+        self.checkpoint_path = self.path / self.CHECKPOINT
+        self.journal_path = self.path / "journal.jsonl"
+        self.repo_path = self.path / "repo.git"
+        self.results_path = self.path / "results"
+        self.tsv_path = self.path / "results.tsv"
+        self.log_path = self.path / "driver.log"
+        self.tune_path = self.path / "tune"
+        self.report_path = self.path / "report.html"
+        self.progress_path = self.path / "progress.png"
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def holds_run(self) -> bool:
+        return self.info_path.is_file()
+
+    def create(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def write_info(self, info: dict) -> None:
+        write_atomically(self.info_path, json.dumps(info, indent=1))
+
+    def read_info(self) -> dict:
+        return json.loads(self.info_path.read_text())
+
+    def write_checkpoint(self, state: dict) -> None:
+        write_atomically(self.checkpoint_path, json.dumps(state, indent=1))
+
+    def read_checkpoint(self) -> dict:
+        """The last checkpoint, or {} before the first."""
+        path = self.checkpoint_path
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    def journal(self) -> Journal:
+        return Journal(self.journal_path)
+
+    def store(self, metric_columns: Sequence[str]) -> ResultStore:
+        return ResultStore(self.results_path, metric_columns)
+
+    def read_rows(self) -> list[dict]:
+        """The results as a reader other than the driver sees them (see store.read_rows)."""
+        return read_rows(self.results_path)
+
+    def create_repo(self, files: dict[str, str], message: str,
+                    history_from: Path | None = None) -> tuple[RunRepo, str]:
+        return RunRepo.create(self.repo_path, files, message, history_from=history_from)
+
+    def repo(self) -> RunRepo:
+        return RunRepo(self.repo_path)
+
+    def tuning(self, name: str) -> Path:
+        """The folder of the knob tuning `name`."""
+        return (self.tune_path / name).resolve()
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Replace `path` with `text`: a reader, or a crash, sees the old file or the new one."""
+    staging = path.with_name(path.name + ".tmp")
+    with open(staging, "w") as out:
+        out.write(text)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(staging, path)

@@ -1,0 +1,394 @@
+"""The evolution core: the search's state and rules, without the world around it.
+
+It owns the population (engine/search/population.py) and what goes with it: the experiment ids
+and seeds, the code already tried, the queue of experiments waiting for a GPU, the results that
+wait for the noise to be measured, the confirmations, and the gate that lets one tuning trial of
+a refinement be confirmed at a time. Its surface is ask and tell, as in Optuna's `ask`/`tell`:
+
+    admit(island, parent, proposal)   an agent's proposal -> an experiment, or why it is refused
+    enqueue(experiment)               queue it (the caller journals what this returns)
+    ask(can_start)                    the next experiment for a free GPU
+    tell(result)                      a result -> the decisions the branches follow, and the
+                                      confirmation runs it queued (to be journaled)
+
+No Ray, git, threads or files here (tests/test_evolution.py checks its imports): the driver
+(engine/driver.py) runs it against a GPU pool and a recorder, resume replays the stored results
+through the same `tell`, and a simulator can run it on a clock of its own.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from engine.experiment.checks import Refused, apply_proposal, changes_only_randomness, code_hash
+from engine.experiment.records import Experiment, Kind, Result, Status
+from engine.experiment.spec import Spec
+from engine.protocol import Attempt, Proposal, ProposalContext
+from engine.search.options import SearchOptions
+from engine.search.population import CPU, Decision, Member, Population
+
+log = logging.getLogger("autoresearch")
+
+RANDOMNESS_ONLY = ("its only effect is on randomness (a seed, a random draw): it can only win by "
+                   "luck, and is confirmed on fresh seeds like any change")
+LEADERBOARD_SHOWN = 8  # kept changes of all islands an agent sees
+PROMOTIONS_SHOWN = 5
+
+# Merges a promoted member into the baseline and returns the commit the baseline is now at.
+Merge = Callable[[Member, str], str]
+
+
+@dataclass
+class Told:
+    """What a result led to: decisions for the branches, experiments newly queued."""
+
+    decisions: list[Decision] = field(default_factory=list)
+    queued: list[Experiment] = field(default_factory=list)
+
+
+class Evolution:
+    """The population and everything the search decides with it; see the module docstring."""
+
+    def __init__(self, spec: Spec, start: Member, options: SearchOptions, run_name: str,
+                 merge: Merge) -> None:
+        self.spec, self.options, self.run_name = spec, options, run_name
+        self.merge = merge  # replaced by a resume's recorder while it replays
+        self.population = Population(spec.objective, start, options.agents,
+                                     confirm_seeds=options.confirm_seeds, seed=options.seed)
+        self.queue: deque[Experiment] = deque()  # journaled, waiting for a GPU
+        self.submitted = 0  # experiments handed out (tuning trials included)
+        self.fingerprint: str | None = None  # the data the noise runs were scored against
+        self.descriptions: dict[str, str] = {}  # exp id -> description
+        self.seen_code = {code_hash(start.files, spec.editable_files)}
+        self.noise_outstanding = options.noise_seeds
+        self.next_id = 0
+        self._deferred: list[tuple[Experiment, Result]] = []  # judged once the noise is known
+        self._scores: dict[str, list[tuple[float, str]]] = {}  # commit -> scores, parents let go
+        self._baseline_island = 0  # the island the baseline came from
+        # Tuning: the member being refined, the next one wanted, and the trial gate. One trial
+        # of a tuning is confirmed at a time; a better one that comes meanwhile waits.
+        self.tuning: tuple[Member, int] | None = None
+        self._tune_wanted: tuple[Member, int] | None = None
+        self._since_tuning = 0
+        self.trials_recorded: set[str] = set()
+        self._best_trial: dict[str, float] = {}  # tuned commit -> best trial score so far
+        self._trial_confirming: dict[str, str] = {}  # trial commit -> the commit it tunes
+        self._trial_waiting: dict[str, tuple[Experiment, Result]] = {}  # tuned commit -> trial
+
+    # -- the start -----------------------------------------------------------------------------
+
+    def noise_runs(self) -> list[Experiment]:
+        """Queue the starting code's runs on the noise seeds; returns them (to be journaled)."""
+        start, runs = self.population.baseline, self.options.noise_seeds
+        return self.enqueue(*(Experiment(
+            self._new_id(), Kind.BASELINE, None, start.commit, "", start.files,
+            f"baseline (noise run {k + 1} of {runs})", self.options.seed + k, "engine")
+            for k in range(runs)))
+
+    # -- proposals -----------------------------------------------------------------------------
+
+    def parent(self, island: int) -> Member:
+        return self.population.choose_parent(island)
+
+    def context(self, island: int, parent: Member) -> ProposalContext:
+        """Everything an agent is shown for one proposal on `parent`."""
+        population, spec = self.population, self.spec
+        baseline = population.baseline
+        return ProposalContext(
+            island=island, goal=spec.text, files=dict(parent.files),
+            editable=spec.editable_files, objective=spec.objective.metric,
+            direction=spec.objective.direction,
+            parent_objective=parent.objective if parent.runs else None,
+            baseline_objective=baseline.objective if baseline.runs else None,
+            history=tuple(population.islands[island].history), protected=spec.protected_files,
+            leaderboard=tuple(self._leaderboard()),
+            promotions=tuple(self._attempt_of(member)
+                             for member in population.promotions[-PROMOTIONS_SHOWN:]))
+
+    def admit(self, island: int, parent: Member, proposal: Proposal | Exception,
+              agent: str) -> tuple[Experiment, str | None]:
+        """An agent's proposal (or the error it raised) as an experiment on `parent`, and why it
+        is refused (None: it may run once committed and enqueued)."""
+        exp_id = self._new_id()
+        experiment = Experiment(exp_id, Kind.MUTATION, island, "", parent.commit, parent.files,
+                                "", self._fresh_seed(exp_id), agent)
+        if isinstance(proposal, Exception):
+            return experiment, f"the agent failed: {proposal}"
+        experiment.description = " ".join(proposal.description.split())[:300]
+        experiment.cost_usd, experiment.tokens = proposal.cost_usd, proposal.tokens
+        try:
+            files = apply_proposal(parent.files, proposal, self.spec)
+            digest = code_hash(files, self.spec.editable_files)
+            if digest in self.seen_code:
+                raise Refused("it repeats the code of an earlier experiment")
+        except Refused as refused:
+            return experiment, f"refused: {refused}"
+        self.seen_code.add(digest)
+        experiment.files, experiment.code = files, digest
+        experiment.seed_only = changes_only_randomness(parent.files, files)
+        return experiment, None
+
+    def enqueue(self, *experiments: Experiment, first: bool = False) -> list[Experiment]:
+        """Queue the experiments, in order, at the back or (`first`) behind the confirmations
+        already queued and ahead of everything else. Returns them: the caller journals them
+        before the next `ask`, so that from then on a resume runs them."""
+        for experiment in experiments:
+            self.descriptions[experiment.exp_id] = experiment.description
+        if not first:
+            self.queue.extend(experiments)
+            return list(experiments)
+        at = next((k for k, queued in enumerate(self.queue) if not queued.kind.confirmation),
+                  len(self.queue))
+        for offset, experiment in enumerate(experiments):
+            self.queue.insert(at + offset, experiment)
+        return list(experiments)
+
+    # -- ask -----------------------------------------------------------------------------------
+
+    def ask(self, can_start: Callable[[str], bool]) -> Experiment | None:
+        """The next queued experiment that `can_start` on its GPU model, in queue order (one
+        pinned to a model whose GPUs are all busy is passed over), or None."""
+        experiment = next((e for e in self.queue if can_start(e.accelerator)), None)
+        if experiment is not None:
+            self.queue.remove(experiment)
+            self.submitted += 1
+        return experiment
+
+    # -- tell ----------------------------------------------------------------------------------
+
+    def tell(self, result: Result, experiment: Experiment | None = None) -> Told:
+        """Take one durable result (live, or replayed on resume) and decide. `experiment` is the
+        queued experiment it came from; without it (a replay) it is rebuilt from the result."""
+        experiment = experiment or Experiment.from_journal(result.to_row())
+        self.descriptions[result.exp_id] = result.description
+        told = Told()
+        if result.status is Status.REJECTED:
+            self._remember_rejected(experiment, result.message)
+        elif result.status is not Status.INTERRUPTED:
+            self._observe(experiment, result, told)
+        return told
+
+    def _observe(self, experiment: Experiment, result: Result, told: Told) -> None:
+        score, accelerator = result.score, result.accelerator or CPU
+        population = self.population
+        if score is not None:
+            self._scores.setdefault(experiment.commit, []).append((score, accelerator))
+        if experiment.kind is Kind.BASELINE:
+            if score is not None and self.fingerprint is None:
+                self.fingerprint = result.data_fingerprint or None
+            population.observe_baseline_run(score, accelerator)
+            self.noise_outstanding -= 1
+            if self.noise_outstanding == 0:
+                population.noise_measured()
+                log.info("noise: sigma %s over %d seeds", population.sigma,
+                         len(population.noise_runs))
+                # Best first, so that the most promising candidate is confirmed first.
+                waiting = self.spec.objective.ranked(self._deferred, lambda w: w[1].score)
+                self._deferred.clear()
+                for deferred, deferred_result in waiting:
+                    self._judge(deferred, deferred_result, told)
+        elif experiment.kind is Kind.CONFIRM:
+            self._apply(population.observe_confirmation(experiment.confirms, score, accelerator),
+                        told)
+        elif experiment.kind is Kind.CONTROL:
+            self._apply(population.observe_control(experiment.confirms, score, accelerator), told)
+        elif experiment.kind is Kind.TUNE:
+            self.trials_recorded.add(result.trial)
+            self._judge_trial(experiment, result, told)
+        elif self.noise_outstanding > 0:
+            self._deferred.append((experiment, result))
+        else:
+            self._since_tuning += 1
+            self._judge(experiment, result, told)
+
+    def _judge(self, experiment: Experiment, result: Result, told: Told,
+               confirm_because: str = "") -> None:
+        score = result.score
+        parent = self._parent(experiment)
+        child = Member(experiment.commit, experiment.files, [score] if score is not None else [],
+                       experiment.exp_id,
+                       accelerators=[result.accelerator or CPU] if score is not None else [])
+        message = result.message or (RANDOMNESS_ONLY if experiment.seed_only else "")
+        attempt = Attempt(experiment.description, result.status, score,
+                          parent.objective if parent.runs else None, message,
+                          diff=_diff(parent.files, experiment.files), exp_id=experiment.exp_id,
+                          log_tail=result.log_tail if result.status is Status.CRASH else "")
+        self._apply(self.population.observe_child(
+            experiment.island, parent, child, attempt, confirm_because=confirm_because), told)
+
+    def _judge_trial(self, experiment: Experiment, result: Result, told: Told) -> None:
+        """A tuning trial is judged like a mutation only when it beats its member and every
+        earlier trial of the same tuning, and no other trial of that tuning is being confirmed
+        (it waits for that confirmation to end)."""
+        score = result.score
+        if score is None or experiment.commit == experiment.parent:
+            return
+        parent = self._parent(experiment)
+        best = self._best_trial.get(experiment.parent, parent.objective if parent.runs else None)
+        if best is not None and not self.spec.objective.is_better(score, best):
+            return
+        self._best_trial[experiment.parent] = score
+        if experiment.parent in self._trial_confirming.values():
+            self._trial_waiting[experiment.parent] = (experiment, result)
+        else:
+            self._judge_best_trial(experiment, result, told)
+
+    def _judge_best_trial(self, experiment: Experiment, result: Result, told: Told) -> None:
+        self._judge(experiment, result, told,
+                    confirm_because="the best of its tuning trials so far")
+        if experiment.commit in self.population.confirming:
+            self._trial_confirming[experiment.commit] = experiment.parent
+
+    def _apply(self, decisions: list[Decision], told: Told) -> None:
+        """Act on the population's decisions: queue confirmations, merge promotions; the moves of
+        the islands' branches go back to the caller."""
+        released = []  # tuning trials that waited for a confirmation that has now ended
+        for decision in decisions:
+            member, island = decision.member, decision.island
+            if decision.kind == "confirm":
+                log.info("confirming %s: %s", member.exp_id, decision.reason)
+                told.queued += self._confirmation_runs(
+                    member, island, decision.against, decision.accelerator,
+                    decision.confirm_seeds, decision.confirm_seeds)
+            elif decision.kind == "promote":
+                merged = self.merge(member, decision.reason)
+                self.population.rebase_baseline(merged)
+                self._scores[merged] = list(zip(member.runs, member.accelerators, strict=True))
+                self._baseline_island = island
+                if self.options.tune_trials:
+                    self._tune_wanted = (member, island)
+                log.info("promoted %s: %s", member.exp_id, decision.reason)
+            elif decision.kind == "reject_promotion":
+                log.info("not promoted %s: %s", member.exp_id, decision.reason)
+            if decision.kind in ("promote", "reject_promotion") and (
+                    member.commit in self._trial_confirming):
+                tuned = self._trial_confirming.pop(member.commit)
+                released += [self._trial_waiting.pop(tuned)] if tuned in self._trial_waiting else []
+            told.decisions.append(decision)
+        for experiment, result in released:
+            self._judge_best_trial(experiment, result, told)
+
+    def _confirmation_runs(self, member: Member, island: int, baseline: Member, accelerator: str,
+                           runs: int, controls: int) -> list[Experiment]:
+        """Queue, ahead of everything else, a candidate's fresh-seed runs and the control runs of
+        the baseline, taking turns, so that both see the same conditions (load, drift) and the
+        same GPU model."""
+        turns = []
+        for k in range(max(runs, controls)):
+            if k < controls:
+                turns.append((Kind.CONTROL, baseline, f"control for {member.exp_id}"))
+            if k < runs:
+                turns.append((Kind.CONFIRM, member, f"confirm {member.exp_id}"))
+        made = []
+        for kind, code, description in turns:
+            exp_id = self._new_id()
+            made.append(Experiment(exp_id, kind, island, code.commit, code.commit, code.files,
+                                   description, self._fresh_seed(exp_id), "engine",
+                                   confirms=member.commit, accelerator=accelerator))
+        return self.enqueue(*made, first=True)
+
+    def _remember_rejected(self, experiment: Experiment, message: str) -> None:
+        parent = self._parent(experiment)
+        self.population.islands[experiment.island].history.append(Attempt(
+            experiment.description, Status.REJECTED, None,
+            parent.objective if parent.runs else None, message, exp_id=experiment.exp_id))
+
+    # -- tuning --------------------------------------------------------------------------------
+
+    def next_tuning(self) -> tuple[Member, int] | None:
+        """The member to refine next, with its island (a fresh winner, or the baseline every
+        --tune-every results), taken as the one being tuned from now on; None: nothing to tune."""
+        options = self.options
+        if (options.tune_every and self._tune_wanted is None and options.tune_trials
+                and self._since_tuning >= options.tune_every and self.population.ready):
+            self._tune_wanted = (self.population.baseline, self._baseline_island)
+        if self._tune_wanted is None:
+            return None
+        self.tuning, self._tune_wanted = self._tune_wanted, None
+        self._since_tuning = 0
+        return self.tuning
+
+    def trial(self, files: dict[str, str], description: str) -> Experiment:
+        """A trial of the tuning under way, as an experiment on the member it tunes (its commit
+        is the member's until the caller commits changed files)."""
+        member, island = self.tuning
+        experiment = Experiment(self._new_id(), Kind.TUNE, island, member.commit, member.commit,
+                                files, description, self.options.seed, "optuna",
+                                code=code_hash(files, self.spec.editable_files))
+        self.seen_code.add(experiment.code)
+        self.descriptions[experiment.exp_id] = description
+        self.submitted += 1
+        return experiment
+
+    # -- resume --------------------------------------------------------------------------------
+
+    def requeue(self, unfinished: list[Experiment]) -> list[Experiment]:
+        """After a replay: queue again what was queued or in flight (in journal order), and the
+        confirmation runs the replayed population waits for that the journal does not hold.
+        Returns the runs made anew (to be journaled)."""
+        self.queue.clear()
+        due = {commit: dict(zip((Kind.CONFIRM, Kind.CONTROL), counts, strict=True))
+               for commit, counts in self.population.confirming.items()}
+        for experiment in unfinished:
+            if experiment.kind.confirmation:
+                waiting = due.get(experiment.confirms, {})
+                if waiting.get(experiment.kind, 0) <= 0:
+                    continue  # its candidate was decided without it
+                waiting[experiment.kind] -= 1
+            self.enqueue(experiment)
+        made = []
+        for commit, missing in due.items():
+            if missing[Kind.CONFIRM] or missing[Kind.CONTROL]:
+                member, island, baseline, accelerator = self.population.confirmation(commit)
+                made += self._confirmation_runs(member, island, baseline, accelerator,
+                                                missing[Kind.CONFIRM], missing[Kind.CONTROL])
+        return made
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _parent(self, experiment: Experiment) -> Member:
+        """The member an experiment changed: the population's own when it still holds it (its
+        runs and child count are what the rules read), else its commit with the scores it had."""
+        held = self.population.member(experiment.island, experiment.parent)
+        if held is not None:
+            return held
+        scores = self._scores.get(experiment.parent, [])
+        return Member(experiment.parent, {}, [value for value, _ in scores],
+                      accelerators=[accelerator for _, accelerator in scores])
+
+    def _leaderboard(self) -> list[Attempt]:
+        """The best kept changes of every island, best first."""
+        members = {m.commit: m for island in self.population.islands
+                   for m in (island.head, *island.archive) if m.runs and m.exp_id}
+        ranked = self.spec.objective.ranked(members.values(), lambda m: m.objective)
+        return [self._attempt_of(m) for m in ranked[:LEADERBOARD_SHOWN]]
+
+    def _attempt_of(self, member: Member) -> Attempt:
+        return Attempt(self.descriptions.get(member.exp_id, ""), Status.OK, member.objective,
+                       None, exp_id=member.exp_id)
+
+    def _new_id(self) -> str:
+        self.next_id += 1
+        return f"e{self.next_id:05d}"
+
+    def _fresh_seed(self, exp_id: str) -> int:
+        """A seed of its own for each experiment, the same on every resume: a change is never
+        scored on the noise runs' seeds, and no two experiments share one."""
+        digest = hashlib.sha256(f"{self.options.seed}:{self.run_name}:{exp_id}".encode())
+        return int.from_bytes(digest.digest()[:4], "big") % 2**31
+
+
+def _diff(before: dict[str, str], after: dict[str, str]) -> str:
+    """The change between two versions of the files, as a unified diff."""
+    lines = []
+    for name in sorted(set(before) | set(after)):
+        old, new = before.get(name, ""), after.get(name, "")
+        if old != new:
+            lines += difflib.unified_diff(old.splitlines(keepends=True),
+                                          new.splitlines(keepends=True), f"a/{name}", f"b/{name}")
+    return "".join(lines)

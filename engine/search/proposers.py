@@ -1,0 +1,81 @@
+"""The agents at work: one proposal in flight per island, each in a thread of its own, asked for
+ahead of need so that no GPU waits for a proposer; an agent that fails backs off."""
+
+from __future__ import annotations
+
+import random
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+from engine.protocol import Agent, Proposal
+from engine.search.evolution import Evolution
+from engine.search.population import Member
+
+AGENT_RETRY_S = (1, 2, 5, 10, 30, 60)  # back-off after consecutive proposer failures
+
+
+@dataclass
+class Proposed:
+    """One finished call of an agent: its proposal, or the error it raised."""
+
+    island: int
+    parent: Member
+    agent: str
+    proposal: Proposal | Exception
+
+
+class Proposers:
+    def __init__(self, agents: list[Agent], seed: int, clock=time.time) -> None:
+        self.agents = agents
+        self._clock = clock
+        self._rng = random.Random(seed)
+        self._threads = ThreadPoolExecutor(max_workers=max(len(agents), 1),
+                                           thread_name_prefix="agent")
+        self._calls: dict[int, tuple[Future, Member]] = {}  # island -> its call in flight
+        self._failures: dict[int, int] = {}
+        self._resume_at: dict[int, float] = {}
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._calls)
+
+    def ask(self, wanted: int, core: Evolution) -> None:
+        """Start agents, islands in random order, while fewer than `wanted` proposals are queued
+        or in flight; one call per island at a time, none for an island backing off."""
+        now = self._clock()
+        for island in self._rng.sample(range(len(self.agents)), len(self.agents)):
+            if len(core.queue) + len(self._calls) >= wanted:
+                return
+            if island in self._calls or now < self._resume_at.get(island, 0):
+                continue
+            parent = core.parent(island)
+            future = self._threads.submit(self.agents[island].propose,
+                                          core.context(island, parent))
+            self._calls[island] = (future, parent)
+
+    def finished(self) -> list[Proposed]:
+        """The calls that ended since the last look; an agent that raised backs off."""
+        done = []
+        for island, (future, parent) in list(self._calls.items()):
+            if not future.done():
+                continue
+            del self._calls[island]
+            try:
+                proposal = future.result()
+            except Exception as error:  # noqa: BLE001 - an agent's failure never ends the search
+                failures = self._failures.get(island, 0)
+                self._failures[island] = failures + 1
+                self._resume_at[island] = self._clock() + AGENT_RETRY_S[
+                    min(failures, len(AGENT_RETRY_S) - 1)]
+                proposal = error
+            else:
+                self._failures[island] = 0
+            done.append(Proposed(island, parent, self.agents[island].name, proposal))
+        return done
+
+    def close(self) -> None:
+        for future, _ in self._calls.values():
+            future.cancel()
+        self._calls.clear()
+        self._threads.shutdown(wait=False, cancel_futures=True)

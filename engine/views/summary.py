@@ -1,0 +1,56 @@
+"""The numbers a search is watched by, counted one result at a time: the live view reads the
+driver's, `status` folds the stored rows into one; both show the same rates."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from engine.experiment.records import Kind, Result
+
+
+@dataclass
+class Summary:
+    started_at: float  # when this process started searching
+    slots: int = 0  # experiments the GPUs hold at once
+    finished: int = 0  # experiments that trained (whatever the end)
+    by_status: Counter = field(default_factory=Counter)
+    by_kind: Counter = field(default_factory=Counter)  # experiments that trained, by kind
+    busy_s: float = 0.0  # GPU-seconds spent in experiments
+    capacity_s: float = 0.0  # GPU-seconds the cluster offered
+    driver_s: float = 0.0  # the driver's own work, waits excluded
+    spent_usd: float = 0.0  # what the agents' proposals cost
+    finished_before: int = 0  # experiments finished before this process resumed the run
+    running: list = field(default_factory=list)  # the experiments on GPUs now
+
+    def add(self, result: Result) -> None:
+        """Count one result."""
+        self.by_status[str(result.status)] += 1
+        if result.status.trained:
+            self.finished += 1
+            self.by_kind[str(result.kind)] += 1
+            self.busy_s += result.gpu_seconds
+
+    @classmethod
+    def of(cls, results: list[Result], started_at: float) -> Summary:
+        """The summary of stored results (what the agents spent included)."""
+        summary = cls(started_at=started_at)
+        for result in results:
+            summary.add(result)
+            summary.spent_usd += result.cost_usd
+        return summary
+
+    @property
+    def utilisation(self) -> float:
+        return self.busy_s / self.capacity_s if self.capacity_s else 0.0
+
+    @property
+    def confirmation_share(self) -> float:
+        """The share of trained experiments that were confirmation or control runs."""
+        spent = self.by_kind[Kind.CONFIRM] + self.by_kind[Kind.CONTROL]
+        return spent / self.finished if self.finished else 0.0
+
+    def keep_rate(self, kept: int) -> float | None:
+        """The share of the agents' trained changes that were kept (`kept` of them)."""
+        mutations = self.by_kind[Kind.MUTATION]
+        return kept / mutations if mutations else None

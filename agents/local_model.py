@@ -32,8 +32,7 @@ from collections.abc import Set
 from pathlib import Path
 
 from agents.edits import EditError, apply_edits
-from engine.experiment.checks import code_hash
-from engine.protocol import ProposalContext
+from engine.protocol import ProposalContext, code_hash
 from engine.tuning.knobs import Knob, find_knobs, literal
 
 LOCAL_MODEL = "local/smollm2"  # what --model names it

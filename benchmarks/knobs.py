@@ -31,8 +31,7 @@ import ray
 from engine.cluster import start_ray
 from engine.experiment.runner import run_experiment
 from engine.experiment.task import Task, load_task, template_path
-from engine.tuning.refinement import Refinement
-from engine.tuning.trial import TrialOutcome
+from engine.tuning.refinement import Refinement, TrialOutcome
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 SHIPPED = "LEARNING_RATE = 3e-3"
@@ -79,7 +78,7 @@ def summary(label: str, ended: list[tuple[float, TrialOutcome]], target: float
     GPU-seconds its trials held."""
     scored = [(seconds, t) for seconds, t in ended if t.objective is not None]
     best = min((t for _, t in scored), key=lambda t: t.objective)
-    held = sum(t.outcome["finished_at"] - t.outcome["started_at"] for _, t in ended)
+    held = sum(t.outcome.finished_at - t.outcome.started_at for _, t in ended)
     stopped = [t for _, t in ended if t.stopped_early]
     reached = next((k for k, (_, t) in enumerate(ended, 1)
                     if t.objective is not None and t.objective <= target), None)
@@ -137,7 +136,7 @@ def main() -> None:
         print(f"trials ratio (random / TPE + ASHA, to the target): < {random / args.trials:.2f}")
     print(f"GPU-seconds held (TPE + ASHA / random): {tpe_held / random_held:.2f}")
     stopped = [t for _, t in ended["TPE + ASHA"] if t.stopped_early]
-    unused = sum(args.budget - t.outcome["result"]["train_wall_s"] for t in stopped)
+    unused = sum(args.budget - t.outcome.result.train_wall_s for t in stopped)
     print(f"training budget early stopping saved: {unused:.0f} of "
           f"{args.trials * args.budget:.0f} s ({unused / (args.trials * args.budget):.0%})")
 

@@ -10,6 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+# What the engine counts as the same code (a repeat is refused before it runs): agents may use it
+# to avoid proposing one.
+from engine.experiment.checks import code_hash
+
+__all__ = ["Agent", "Attempt", "Proposal", "ProposalContext", "code_hash"]
+
 
 @dataclass(frozen=True)
 class Attempt:

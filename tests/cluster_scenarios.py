@@ -74,7 +74,7 @@ def pinned() -> dict:
     outcomes = []
     while len(outcomes) < 6:
         outcomes += dispatcher.wait(timeout_s=1.0)
-    return {"runs": [{"node": outcome["node"], "accelerator": outcome["accelerator"]}
+    return {"runs": [{"node": outcome.node, "accelerator": outcome.accelerator}
                      for _, outcome in outcomes]}
 
 

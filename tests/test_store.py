@@ -30,7 +30,7 @@ def part_files(folder: Path) -> list[str]:
 def test_rows_read_back_the_same_and_in_order_after_reopening(tmp_path):
     store = ResultStore(tmp_path, METRICS)
     for n in range(3):
-        store.append(row(n, island=None if n == 2 else n))
+        store.append_row(row(n, island=None if n == 2 else n))
     reopened = ResultStore(tmp_path, METRICS)
     assert len(reopened) == 3
     assert reopened.rows() == store.rows()
@@ -41,7 +41,7 @@ def test_rows_read_back_the_same_and_in_order_after_reopening(tmp_path):
 
 def test_missing_keys_become_null_or_empty(tmp_path):
     store = ResultStore(tmp_path, METRICS)
-    store.append({"exp_id": "e0", "status": "crash"})
+    store.append_row({"exp_id": "e0", "status": "crash"})
     (only,) = ResultStore(tmp_path, METRICS).rows()
     assert only["objective"] is None and only["started_at"] is None and only["val_bpb"] is None
     assert only["agent"] == "" and only["tokens"] == 0 and only["budget_s"] == 0.0
@@ -50,7 +50,7 @@ def test_missing_keys_become_null_or_empty(tmp_path):
 def test_the_folder_reads_as_one_table_with_plain_pyarrow(tmp_path):
     store = ResultStore(tmp_path, METRICS)
     for n in range(3):
-        store.append(row(n))
+        store.append_row(row(n))
     table = ds.dataset(tmp_path).to_table()
     assert table.num_rows == 3
     assert table.column_names == [field.name for field in ROW_FIELDS] + METRICS
@@ -64,7 +64,7 @@ def test_the_folder_reads_as_one_table_with_plain_pyarrow(tmp_path):
 def test_single_row_parts_are_merged_after_256_and_every_row_is_kept_once(tmp_path):
     store = ResultStore(tmp_path, METRICS)
     for n in range(COMPACT_EVERY + 2):
-        store.append(row(n))
+        store.append_row(row(n))
     assert part_files(tmp_path) == ["part-00000000-00000255.parquet",
                                     "part-00000256-00000256.parquet",
                                     "part-00000257-00000257.parquet"]
@@ -76,7 +76,7 @@ def test_single_row_parts_are_merged_after_256_and_every_row_is_kept_once(tmp_pa
 def test_an_interrupted_compaction_leaves_no_duplicates_on_reopening(tmp_path):
     store = ResultStore(tmp_path, METRICS)
     for n in range(3):
-        store.append(row(n))
+        store.append_row(row(n))
     # The merged part was written, the parts it covers not yet deleted.
     originals = part_files(tmp_path)
     merged = pa.concat_tables(pq.read_table(tmp_path / name) for name in originals)
@@ -84,12 +84,12 @@ def test_an_interrupted_compaction_leaves_no_duplicates_on_reopening(tmp_path):
     reopened = ResultStore(tmp_path, METRICS)
     assert [r["exp_id"] for r in reopened.rows()] == ["e0", "e1", "e2"]
     assert part_files(tmp_path) == ["part-00000000-00000002.parquet"]
-    reopened.append(row(3))
+    reopened.append_row(row(3))
     assert ds.dataset(tmp_path).to_table().num_rows == 4
 
 
 def test_a_stray_temporary_file_is_ignored_and_removed(tmp_path):
-    ResultStore(tmp_path, METRICS).append(row(0))
+    ResultStore(tmp_path, METRICS).append_row(row(0))
     (tmp_path / ".part-00000001-00000001.parquet.tmp").write_bytes(b"PAR1 half a part")
     assert ds.dataset(tmp_path).to_table().num_rows == 1
     assert len(ResultStore(tmp_path, METRICS)) == 1
@@ -99,32 +99,32 @@ def test_a_stray_temporary_file_is_ignored_and_removed(tmp_path):
 def test_unknown_keys_raise_and_write_nothing(tmp_path):
     store = ResultStore(tmp_path, METRICS)
     with pytest.raises(ValueError, match="colour"):
-        store.append(row(0, colour="blue"))
+        store.append_row(row(0, colour="blue"))
     assert len(store) == 0 and part_files(tmp_path) == []
 
 
 def test_reopening_with_other_metrics_raises(tmp_path):
-    ResultStore(tmp_path, METRICS).append(row(0))
+    ResultStore(tmp_path, METRICS).append_row(row(0))
     with pytest.raises(ValueError, match="other columns"):
         ResultStore(tmp_path, ["val_bpb"])
 
 
 def test_log_tail_keeps_its_last_4000_characters(tmp_path):
     store = ResultStore(tmp_path, METRICS)
-    store.append(row(0, log_tail="start\n" + "x" * 3999 + "E"))
+    store.append_row(row(0, log_tail="start\n" + "x" * 3999 + "E"))
     assert store.rows()[0]["log_tail"] == "x" * 3999 + "E"
     assert ResultStore(tmp_path, METRICS).rows()[0]["log_tail"] == "x" * 3999 + "E"
 
 
 def test_export_tsv_writes_the_original_autoresearch_format(tmp_path):
     store = ResultStore(tmp_path / "results", METRICS)
-    store.append(row(1, objective=3.9876544, description="baseline", peak_memory_gb=1.26))
-    store.append(row(2, objective=4.1, description="wider\tmlp\nand more"))
-    store.append(row(3, status="crash", objective=None, peak_memory_gb=None))
-    store.append(row(4, status="rejected", objective=None))
-    store.append(row(5, status="timeout", objective=None))
-    store.append(row(6, status="interrupted", objective=None))
-    store.append(row(7, status="invalid", objective=2.5, description="too big"))
+    store.append_row(row(1, objective=3.9876544, description="baseline", peak_memory_gb=1.26))
+    store.append_row(row(2, objective=4.1, description="wider\tmlp\nand more"))
+    store.append_row(row(3, status="crash", objective=None, peak_memory_gb=None))
+    store.append_row(row(4, status="rejected", objective=None))
+    store.append_row(row(5, status="timeout", objective=None))
+    store.append_row(row(6, status="interrupted", objective=None))
+    store.append_row(row(7, status="invalid", objective=2.5, description="too big"))
     store.export_tsv(tmp_path / "results.tsv", "val_bpb", kept={"e1"})
     assert (tmp_path / "results.tsv").read_text() == (
         "commit\tval_bpb\tmemory_gb\tstatus\tdescription\n"
@@ -140,7 +140,7 @@ def test_export_tsv_writes_the_original_autoresearch_format(tmp_path):
 def test_results_tsv_lists_merged_rows_the_same_before_and_after_reopening(tmp_path):
     store = ResultStore(tmp_path / "results", METRICS)
     for n in range(COMPACT_EVERY + 2):
-        store.append(row(n, log_tail="step 1 loss 3.2\n" * 50))
+        store.append_row(row(n, log_tail="step 1 loss 3.2\n" * 50))
     store.export_tsv(tmp_path / "before.tsv", "val_bpb", kept={"e3"})
     reopened = ResultStore(tmp_path / "results", METRICS)
     reopened.export_tsv(tmp_path / "after.tsv", "val_bpb", kept={"e3"})

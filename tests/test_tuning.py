@@ -11,6 +11,7 @@ import optuna
 import psutil
 import pytest
 import ray
+from ray.tune.search.optuna import OptunaSearch
 
 from benchmarks.null_experiment import null_experiment
 from engine.experiment.records import ExperimentResult, Job
@@ -108,10 +109,10 @@ def test_real_trials_share_the_gpus_with_mutations_and_find_a_better_learning_ra
             mutations.submit(Job(template.files, template.spec, 0, 1.0, None, None, 1,
                                  null_experiment), None)
         for _, outcome in mutations.wait(0.2):
-            ran.append((outcome["started_at"], outcome["finished_at"]))
+            ran.append((outcome.started_at, outcome.finished_at))
     trials = refinement.finished_trials()
 
-    assert [t.outcome["result"]["status"] for t in trials] == ["ok"] * 3
+    assert [t.outcome.result.status for t in trials] == ["ok"] * 3
     start = next(t for t in trials if t.values == {"LEARNING_RATE": 1e-4})
     best = refinement.best()
     assert best.values["LEARNING_RATE"] > 1e-4
@@ -122,11 +123,11 @@ def test_real_trials_share_the_gpus_with_mutations_and_find_a_better_learning_ra
     # Trials run at once, each on a GPU of its own. (A trial that starts only once another has
     # ended may reuse its worker, and so its GPU: how many overlap depends on the machine.)
     at_once = [(a, b) for a in trials for b in trials if a.trial_id < b.trial_id
-               and a.outcome["started_at"] < b.outcome["finished_at"]
-               and b.outcome["started_at"] < a.outcome["finished_at"]]
+               and a.outcome.started_at < b.outcome.finished_at
+               and b.outcome.started_at < a.outcome.finished_at]
     assert at_once, "no two trials ran at the same time"
-    assert all(a.outcome["gpu"] != b.outcome["gpu"] for a, b in at_once)
-    assert any(s < t.outcome["finished_at"] and t.outcome["started_at"] < e
+    assert all(a.outcome.gpu != b.outcome.gpu for a, b in at_once)
+    assert any(s < t.outcome.finished_at and t.outcome.started_at < e
                for s, e in ran for t in trials), "no mutation ran beside the trials"
     assert refinement.running_trials == 0 and refinement.slots_wanted == 0
 
@@ -162,13 +163,13 @@ def test_early_stopping_cuts_a_trial_whose_training_loss_is_far_behind(template,
     good, bad = run_to_the_end(refinement)
 
     assert good.values == {"LEARNING_RATE": 3e-3} and not good.stopped_early
-    assert good.outcome["result"]["status"] == "ok"
+    assert good.outcome.result.status == "ok"
     assert bad.values == {"LEARNING_RATE": 3.0} and bad.stopped_early
-    result = bad.outcome["result"]
-    assert result["status"] == "stopped" and result["objective"] is None
-    assert result["message"].startswith("stopped early by ASHA after ")
-    assert 0.5 <= result["train_wall_s"] < 1.5  # at its first rung, a quarter of the budget
-    assert result["metrics"]["final_train_loss"] == pytest.approx(7.0)
+    result = bad.outcome.result
+    assert result.status == "stopped" and result.objective is None
+    assert result.message.startswith("stopped early by ASHA after ")
+    assert 0.5 <= result.train_wall_s < 1.5  # at its first rung, a quarter of the budget
+    assert result.metrics["final_train_loss"] == pytest.approx(7.0)
     states = [trial.state.name for trial in study_of(refinement).trials]
     assert states == ["COMPLETE", "PRUNED"]
 
@@ -210,3 +211,19 @@ def test_a_stopped_refinement_resumes_without_repeating_a_finished_trial(templat
     assert len(finished) == 5
     assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
     assert Path(resumed.path, "trials.jsonl").read_text().count("\n") == 5
+
+
+def test_the_private_state_of_optuna_search_that_the_knob_search_reads_is_still_there():
+    """_KnobSearch (engine/tuning/refinement.py) reads three private attributes of Ray's
+    OptunaSearch to avoid telling Optuna a trial twice and to fail trials a stop left running;
+    Ray has no public API for either. This fails the day Ray renames them."""
+    space = {"x": optuna.distributions.FloatDistribution(0.0, 1.0)}
+    search = OptunaSearch(space=space, metric="objective", mode="min",
+                          sampler=optuna.samplers.RandomSampler(seed=0))
+    config = search.suggest("trial-1")
+    assert set(config) == {"x"}
+    assert isinstance(search._completed_trials, set)
+    assert search._ot_trials["trial-1"].number == 0
+    assert search._ot_study.get_trials()[0].state == optuna.trial.TrialState.RUNNING
+    search.on_trial_complete("trial-1", {"objective": 0.5})
+    assert "trial-1" in search._completed_trials

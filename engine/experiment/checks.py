@@ -31,9 +31,12 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 from engine.experiment.spec import Spec
-from engine.protocol import Proposal
+
+if TYPE_CHECKING:  # the protocol names this module's code_hash for the agents
+    from engine.protocol import Proposal
 
 # What a call's name ends with, for each kind of random API (torch, numpy, random, jax, ...).
 _SEEDERS = {"manual_seed", "seed", "manual_seed_all", "set_seed", "set_rng_state", "seed_all"}

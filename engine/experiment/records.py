@@ -69,12 +69,15 @@ class ExperimentResult:
     left_behind: int = 0  # processes train.py left running, killed by the runner
     data_fingerprint: str = ""  # which data the harness scored against
 
+    def __post_init__(self) -> None:
+        self.status = Status(self.status)  # a run function may name it by its string
+
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> ExperimentResult:
-        return cls(**{**data, "status": Status(data["status"])})
+        return cls(**data)
 
 
 @dataclass(frozen=True)

@@ -84,13 +84,19 @@ class ResultStore:
             self._count = last + 1
 
     def append(self, result: Result) -> None:
-        """Write one result durably (the data is on disk, fsynced, before this returns).
+        """Write one result durably (see append_row); metrics without a column are left out."""
+        self.append_row({name: value for name, value in result.to_row().items()
+                         if name in self.schema.names})
 
-        Metrics the store has no column for are left out; missing values become null (or "" / 0
-        for non-nullable strings/numbers). log_tail is capped at LOG_TAIL_CHARS characters
-        (keeping the end)."""
-        row = {name: value for name, value in result.to_row().items()
-               if name in self.schema.names}
+    def append_row(self, row: dict) -> None:
+        """Write one row durably (the data is on disk, fsynced, before this returns).
+
+        Timestamps arrive as float seconds since the epoch (or None); missing keys become null
+        (or "" / 0 for non-nullable strings/numbers); unknown keys raise ValueError. log_tail is
+        capped at LOG_TAIL_CHARS characters (keeping the end)."""
+        unknown = sorted(set(row) - set(self.schema.names))
+        if unknown:
+            raise ValueError(f"unknown result columns: {', '.join(unknown)}")
         table = pa.Table.from_pylist([self._arrow_row(row)], schema=self.schema)
         self._loose.append((self._write_part(self._count, table), table))
         self._count += 1

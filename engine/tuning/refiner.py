@@ -15,7 +15,7 @@ from engine.search.evolution import Evolution
 from engine.search.options import SearchOptions
 from engine.search.population import Member
 from engine.tuning.knobs import describe_tuning
-from engine.tuning.refinement import Refinement
+from engine.tuning.refinement import Refinement, TrialOutcome
 
 log = logging.getLogger("autoresearch")
 
@@ -90,8 +90,8 @@ class Refiner:
                  concurrency, ", ".join(refinement.start_values))
         return refinement.start()
 
-    def _trial(self, core: Evolution, ended) -> Trial:
+    def _trial(self, core: Evolution, ended: TrialOutcome) -> Trial:
         member = core.tuning[0]
         description = describe_tuning(self.refinement.start_values, ended.values)
-        return Trial(core.trial(ended.files, description), Outcome.from_dict(ended.outcome),
+        return Trial(core.trial(ended.files, description), ended.outcome,
                      member, {"trial": ended.trial_id, "knobs": json.dumps(ended.values)})

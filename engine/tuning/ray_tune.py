@@ -1,0 +1,304 @@
+"""The Ray Tune glue of knob tuning, on both sides: the Tune run a refinement drives
+(engine/tuning/refinement.py), and the trial Tune runs on a worker.
+
+The driver's side: Optuna's TPE (`OptunaSearch`) whose first trial is the member's own values, its
+study kept in a journal file in the refinement's folder; ASHA, which stops a trial whose training
+loss, at the same number of training seconds, is worse than most trials' before it (the harness
+has no validation loss mid-training, so ASHA reads the training loss train.py reports, smoothed:
+that number comes from the candidate's own process and can decide when a trial is cut, never its
+score); a callback that tells the refinement when trials start and end.
+
+The worker's side: a trial writes its values into the member's files (only the literals change),
+trains them under the ordinary runner on one GPU of the same pool as the mutation experiments,
+and reports as it goes; its last report carries the outcome the driver records.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Collection
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import optuna
+import ray
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search.optuna import OptunaSearch
+from ray.tune.utils import flatten_dict
+
+from engine.experiment.records import Job, Outcome, Status
+from engine.experiment.runner import Progress, run_experiment
+from engine.search.ray_pool import accelerator_here, run_job
+from engine.tuning.knobs import Knob, Value, write_knobs, written_value
+
+log = logging.getLogger("autoresearch")
+
+if TYPE_CHECKING:
+    from engine.tuning.refinement import Refinement
+
+FIRST_RUNG = 0.25  # ASHA's first decision, as a share of the budget
+REDUCTION_FACTOR = 3  # ASHA keeps the best third at each rung
+MAX_FAILURES = 2  # Tune's retries of a trial whose worker died
+# Read by Tune in this process when a run starts. Tune's strict check wants every report to
+# carry the objective, which only a trial's last report has. Tune snapshots its state every
+# second rather than every ten, so that a stop or crash rarely loses track of a trial. Tune's
+# newer console output ignores verbose=0; the driver has its own live view.
+TUNE_ENVIRONMENT = {"TUNE_DISABLE_STRICT_METRIC_CHECKING": "1", "TUNE_GLOBAL_CHECKPOINT_S": "1",
+                    "RAY_AIR_NEW_OUTPUT": "0"}
+
+# Tune pickles its callbacks and its searcher into the run dir; what they hold is only the key
+# to the live refinement of this process that they report to.
+_LIVE: dict[str, Refinement] = {}
+
+# Tune pickles its callbacks and its searcher into the run dir; what they hold is only the key
+# to the live refinement of this process that they report to.
+_LIVE: dict[str, Refinement] = {}
+
+
+def prepare() -> None:
+    """What Tune reads from this process's environment, set before a run starts."""
+    os.environ.update({k: v for k, v in TUNE_ENVIRONMENT.items() if k not in os.environ})
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def fit(refinement: Refinement) -> None:
+    """Run (or resume) the refinement's Tune run to its end, reporting to it."""
+    _LIVE[str(refinement.path)] = refinement
+    try:
+        tuner(refinement).fit()
+    finally:
+        _LIVE.pop(str(refinement.path), None)
+
+
+def tuner(refinement: Refinement) -> tune.Tuner:
+    """The Tune run of `refinement`: new, or restored from its folder."""
+    finished = {trial_id: last_report(ended.values, ended.outcome, ended.stopped_early)
+                for trial_id, ended in refinement.ended().items()}
+    resourced = tune.with_resources(
+        trainable(refinement.job, refinement.name, finished),
+        _resources(refinement.gpus_per_trial))
+    if tune.Tuner.can_restore(str(refinement.path)):
+        log.info("tuning %s: resuming its Tune run", refinement.name)
+        return tune.Tuner.restore(str(refinement.path), resourced, resume_errored=True)
+    direction = refinement.spec.objective.direction
+    search = _KnobSearch(
+        space=_space(refinement.knobs), metric=OBJECTIVE,
+        mode="min" if direction == "minimize" else "max",
+        points_to_evaluate=[dict(refinement.start_values)], sampler=refinement.sampler,
+        study_name=refinement.name, key=str(refinement.path),
+        storage=JournalStorage(JournalFileBackend(str(refinement.path / "optuna.journal"))))
+    budget = refinement.job.budget_s
+    scheduler = (ASHAScheduler(time_attr=SECONDS, metric=LOSS, mode="min", max_t=budget,
+                               grace_period=FIRST_RUNG * budget,
+                               reduction_factor=REDUCTION_FACTOR)
+                 if refinement.early_stopping else FIFOScheduler())
+    return tune.Tuner(
+        resourced,
+        tune_config=tune.TuneConfig(
+            search_alg=search, scheduler=scheduler, num_samples=refinement.trials,
+            max_concurrent_trials=refinement.concurrency, reuse_actors=True,
+            trial_dirname_creator=_trial_dirname),
+        run_config=tune.RunConfig(
+            name=refinement.path.name, storage_path=str(refinement.path.parent), verbose=0,
+            callbacks=[_Recorder(str(refinement.path))],
+            failure_config=tune.FailureConfig(max_failures=MAX_FAILURES)))
+
+def _resources(gpus_per_trial: int) -> dict[str, float]:
+    """A trial holds GPUs like a mutation experiment: no CPU where the cluster has GPUs
+    (NOTES.md: otherwise only as many run as there are cores), one CPU where it has none."""
+    if ray.cluster_resources().get("GPU", 0):
+        return {"cpu": 0, "gpu": max(gpus_per_trial, 1)}
+    return {"cpu": 1}
+
+
+class _Recorder(tune.Callback):
+    """Tells the live refinement when trials start and end, and stops Tune when asked."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def on_step_begin(self, iteration: int, trials: list, **info) -> None:
+        refinement = _LIVE.get(self.key)
+        if refinement is not None and refinement.stopping:
+            # Ends the run like a crash would, without marking the trials in flight finished:
+            # Tune's last snapshot holds them as running, so a resume runs them again.
+            raise _Stopped
+
+    def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
+        if refinement := _LIVE.get(self.key):
+            refinement.trial_started(trial.trial_id)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+        self._ended(trial, error=False)
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
+        self._ended(trial, error=True)
+
+    def _ended(self, trial, error: bool) -> None:
+        refinement = _LIVE.get(self.key)
+        if refinement is None:
+            return
+        last = dict(trial.last_result or {})
+        values = last.get("values") or written_values(refinement.knobs, trial.config)
+        detail = None
+        if error:
+            detail = "no error recorded"
+            if trial.error_file and Path(trial.error_file).is_file():
+                lines = Path(trial.error_file).read_text(errors="replace").strip().splitlines()
+                detail = lines[-1] if lines else detail
+        refinement.trial_ended(trial.trial_id, last, values, detail)
+
+
+class _Stopped(Exception):
+    """Raised inside Tune's loop to end a run that `Refinement.stop` asked to end."""
+
+
+class _KnobSearch(OptunaSearch):
+    """OptunaSearch for trials that report a training loss as they go and the objective once.
+
+    Intermediate reports do not reach Optuna: they are ASHA's business, and a trial that ASHA
+    stops is told to Optuna as pruned (no objective), which TPE ranks below every scored trial.
+    A trial interrupted by a stop is not told at all, so that its rerun after a resume is; a
+    trial the ledger holds was told before it was ledgered, and is not told twice."""
+
+    def __init__(self, *args, key: str, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.key = key
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        return
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                          error: bool = False) -> None:
+        refinement = _LIVE.get(self.key)
+        if refinement is not None and refinement.has_ended(trial_id):
+            self._completed_trials.add(trial_id)
+            return
+        interrupted = (refinement is not None and refinement.stopping
+                       and not (result and OUTCOME in result))
+        if not interrupted:
+            super().on_trial_complete(trial_id, result, error)
+
+    def restore(self, checkpoint_path: str) -> None:
+        """Restore, then mark failed every Optuna trial left running that no Tune trial will
+        finish: a trial the stop or crash caught after Tune's last snapshot."""
+        super().restore(checkpoint_path)
+        pending = {trial.number for trial_id, trial in self._ot_trials.items()
+                   if trial_id not in self._completed_trials}
+        for trial in self._ot_study.get_trials(deepcopy=False,
+                                               states=(optuna.trial.TrialState.RUNNING,)):
+            if trial.number not in pending:
+                self._ot_study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+
+
+def _space(knobs: list[Knob]) -> dict[str, optuna.distributions.BaseDistribution]:
+    space = {}
+    for knob in knobs:
+        if knob.alternatives:
+            space[knob.label] = optuna.distributions.CategoricalDistribution(knob.alternatives)
+        elif isinstance(knob.value, int):
+            space[knob.label] = optuna.distributions.IntDistribution(
+                int(knob.range.low), int(knob.range.high), log=knob.range.log)
+        else:
+            space[knob.label] = optuna.distributions.FloatDistribution(
+                float(knob.range.low), float(knob.range.high), log=knob.range.log)
+    return space
+
+
+def _trial_dirname(trial) -> str:
+    """Tune's default names a trial's folder after its config, which may hold paths."""
+    return trial.trial_id
+
+
+OBJECTIVE = "objective"  # the harness's score, in the final report of a trial that scored
+LOSS = "train_loss"  # the smoothed training loss, in every report: what ASHA compares
+SECONDS = "train_seconds"  # seconds of training so far: ASHA's clock
+OUTCOME = "outcome_json"  # the trial's outcome as the driver gets it, in its final report
+SMOOTHING = 0.9  # the training loss is an exponential moving average with this decay
+REPORTS_PER_TRIAL = 20  # at most this many intermediate reports over a budget
+LAST_REPORT = 0.9  # no intermediate report past this share of the budget: ASHA never stops a
+# trial that is about to be scored (its last rung lies at 3/4 of the budget)
+
+
+class LossReporter:
+    """Forwards train.py's steps to Tune as they come: the training loss smoothed (an average
+    that forgets, corrected for its start at zero), at most REPORTS_PER_TRIAL times."""
+
+    def __init__(self, budget_s: float, identity: dict) -> None:
+        self.every, self.until = budget_s / REPORTS_PER_TRIAL, LAST_REPORT * budget_s
+        self.identity = identity  # values, start time, node, GPU: what a stopped trial's row needs
+        self.average, self.steps, self.next_at = 0.0, 0, 0.0
+
+    @property
+    def smoothed(self) -> float | None:
+        return self.average / (1 - SMOOTHING**self.steps) if self.steps else None
+
+    def __call__(self, progress: Progress) -> None:
+        self.steps += 1
+        self.average = SMOOTHING * self.average + (1 - SMOOTHING) * progress.loss
+        if self.next_at <= progress.elapsed_s < self.until:
+            tune.report({SECONDS: progress.elapsed_s, LOSS: self.smoothed,
+                         "step": progress.step, **self.identity})
+            self.next_at = progress.elapsed_s + self.every
+
+
+def trainable(job: Job, name: str, finished: dict[str, dict]) -> Callable[[dict], None]:
+    """The function Ray Tune calls with each trial's config, for the refinement `name`; a trial
+    in `finished` (the ledger: trial id -> last report) reports its recorded result at once."""
+    def knob_trial(config: dict) -> None:
+        run_trial(config, job, finished)
+
+    # Tune registers a trainable cluster-wide under its function's name: two refinements at
+    # once must not share one, and a resume must find its own again.
+    knob_trial.__name__ = knob_trial.__qualname__ = f"knob_trial_{name}"
+    return knob_trial
+
+
+def run_trial(config: dict, job: Job, finished: dict[str, dict]) -> None:
+    """One trial, on a worker: write the values, train under the runner, report."""
+    recorded = finished.get(tune.get_context().get_trial_id())
+    if recorded is not None:
+        tune.report(recorded)
+        return
+    values = written_values(job.knobs, config)
+    files = write_knobs(job.files, {knob: values[knob.label] for knob in job.knobs})
+    gpus = ray.get_gpu_ids()
+    reporter = LossReporter(job.budget_s, {
+        "values": values, "started_at": time.time(), "node": socket.gethostname(),
+        "gpu": ",".join(str(g) for g in gpus), "accelerator": accelerator_here()})
+    outcome = run_job(dataclasses.replace(job, files=files, knobs=()),
+                      functools.partial(job.run or run_experiment, on_progress=reporter))
+    tune.report(last_report(values, outcome, stopped_early=False, loss=reporter.smoothed))
+
+
+def written_values(knobs: Collection[Knob], config: dict) -> dict[str, Value]:
+    """The values a trial's config gives its knobs, as the files hold them once written. (Tune
+    nests the config where a label holds a "/", as a knob of `src/model.py` does.)"""
+    flat = flatten_dict(config, delimiter="/")
+    return {knob.label: written_value(knob, flat[knob.label]) for knob in knobs}
+
+
+def last_report(values: dict[str, Value], outcome: Outcome, stopped_early: bool,
+                loss: float | None = None) -> dict:
+    """A trial's last report to Tune: the objective when it was scored, and its outcome. A
+    trial that ASHA stopped reports none of either, as when it was stopped."""
+    result = outcome.result
+    if loss is None:
+        loss = result.metrics.get("final_train_loss")
+    report = {SECONDS: result.budget_s, "values": values}
+    if loss is not None:  # none when train.py reported no step: ASHA then has nothing to compare
+        report[LOSS] = loss
+    if stopped_early:
+        return {**report, SECONDS: result.train_wall_s}
+    if result.status is Status.OK and result.objective is not None:
+        report[OBJECTIVE] = result.objective
+    return {**report, OUTCOME: json.dumps(outcome.to_dict())}

@@ -1,0 +1,146 @@
+"""The driver's own rules, on the real loop over the in-process GPU pool: no Ray here."""
+
+import time
+
+import pytest
+import ray
+
+from benchmarks.null_experiment import null_experiment
+from engine.driver import Search, SearchOptions
+from engine.experiment.records import ExperimentResult, Status
+from engine.experiment.task import load_task, template_path
+from engine.search.pool import InProcessPool
+from tests.conftest import ScriptedAgent
+
+BUDGET_S = 0.05
+
+
+def search_of(tmp_path, agents, run=null_experiment, slots=2, **options):
+    options = SearchOptions(agents=len(agents), budget_s=BUDGET_S, tune_trials=0, **options)
+    return Search(load_task(template_path()), tmp_path / "run", options, agents, run=run,
+                  pool=lambda: InProcessPool(slots))
+
+
+def by_status(search):
+    rows = search.store.rows()
+    return {status: [r for r in rows if r["status"] == status] for status in Status}
+
+
+def test_a_search_drains_at_max_experiments_without_ray(tmp_path):
+    search = search_of(tmp_path, [ScriptedAgent([]), ScriptedAgent([])], max_experiments=12)
+    state = search.run()
+    assert not ray.is_initialized()
+    assert search.ended == "--max-experiments 12 ran"
+    rows = by_status(search)
+    assert len(rows[Status.OK]) == 12  # what had started finished: nothing interrupted
+    assert rows[Status.INTERRUPTED] == []
+    assert state.finished == 12 and state.by_kind["baseline"] == 3
+
+
+def test_no_result_is_judged_before_the_noise_is_measured(tmp_path):
+    def slow_noise(files, spec, seed, budget_s=None, **kwargs):
+        if seed < 3:  # the noise runs' seeds: they come last
+            time.sleep(1.0)
+        return null_experiment(files, spec, seed, BUDGET_S, **kwargs)
+
+    seen = []
+    search = search_of(tmp_path, [ScriptedAgent([]), ScriptedAgent([])], run=slow_noise,
+                       slots=4, max_experiments=14)
+
+    def look():
+        judged = [a for island in search.population.islands for a in island.history
+                  if a.status != "rejected"]
+        seen.append((search.population.sigma is not None, len(judged)))
+
+    search.run(on_tick=look)
+    rows = search.store.rows()
+    first_mutation = next(k for k, r in enumerate(rows) if r["kind"] == "mutation")
+    last_noise = max(k for k, r in enumerate(rows) if r["kind"] == "baseline")
+    assert first_mutation < last_noise  # mutations did finish while the noise was unknown
+    assert all(judged == 0 for known, judged in seen if not known)
+    assert seen[-1][1] > 0
+
+
+class FailingAgent:
+    name = "failing"
+
+    def propose(self, context):
+        raise RuntimeError("the model is down")
+
+
+def test_an_agent_that_fails_backs_off_and_the_others_go_on(tmp_path):
+    search = search_of(tmp_path, [FailingAgent(), ScriptedAgent([])], hours=4 / 3600)
+    search.run()
+    assert search.ended.startswith("--hours")
+    failures = [r for r in by_status(search)[Status.REJECTED] if r["island"] == 0]
+    assert all(r["message"] == "the agent failed: the model is down" for r in failures)
+    # asked at 0 s, then after 1, 2 and 5 s of rest: at most 3 times in 4 s
+    assert 2 <= len(failures) <= 3
+    assert len([r for r in by_status(search)[Status.OK] if r["island"] == 1]) >= 3
+
+
+def test_a_target_reached_ends_the_search_at_once(tmp_path):
+    search = search_of(tmp_path, [ScriptedAgent([])], target=100.0)  # any score is below it
+    search.run()
+    assert search.ended == "target 100.0 reached"
+    assert len(by_status(search)[Status.OK]) < 10
+
+
+class PricedAgent(ScriptedAgent):
+    def propose(self, context):
+        from dataclasses import replace
+
+        return replace(super().propose(context), cost_usd=1.0)
+
+
+def test_a_spent_budget_stops_the_proposals_and_lets_the_queue_run(tmp_path):
+    search = search_of(tmp_path, [PricedAgent([]), PricedAgent([])], max_cost=3.0)
+    search.run()
+    assert search.ended == "--max-cost 3.0 spent"
+    rows = search.store.rows()
+    mutations = [r for r in rows if r["kind"] == "mutation"]
+    assert 3 <= len(mutations) <= 4  # the agents in flight when the limit came finish
+    assert {r["status"] for r in mutations} == {"ok"}
+    assert search.state.spent_usd == len(mutations)
+
+
+def test_a_starting_code_with_no_score_ends_the_search(tmp_path):
+    def broken(files, spec, seed, budget_s=None, **kwargs):
+        return ExperimentResult(Status.CRASH, None, message="train.py exited with status 1")
+
+    search = search_of(tmp_path, [ScriptedAgent([])], run=broken)
+    search.run()
+    assert search.ended == "the starting code has no score"
+    assert search.nothing_left() == (
+        "its starting code has no score on any noise seed; see results.tsv")
+
+
+def test_a_resume_runs_again_what_the_stop_interrupted_and_keeps_every_result(tmp_path):
+    def slow(files, spec, seed, budget_s=None, **kwargs):
+        return null_experiment(files, spec, seed, 0.3, **kwargs)
+
+    first = search_of(tmp_path, [ScriptedAgent([]), ScriptedAgent([])], run=slow,
+                      max_experiments=16)
+
+    def interrupt():
+        if first.state.finished >= 6 and len(first.pool.running) == 2:
+            raise KeyboardInterrupt
+
+    first.run(on_tick=interrupt)
+    before = {r["exp_id"]: r for r in first.store.rows()}
+    interrupted = {exp_id for exp_id, r in before.items() if r["status"] == "interrupted"}
+    assert len(interrupted) == 2
+
+    second = Search.resume(load_task(template_path()), tmp_path / "run", first.options,
+                           [ScriptedAgent([]), ScriptedAgent([])], run=slow,
+                           pool=lambda: InProcessPool(2))
+    assert interrupted <= {e.exp_id for e in second.core.queue}
+    assert second.problems == []
+    second.run()
+    after = {r["exp_id"]: r for r in second.store.rows()}
+    assert {after[exp_id]["status"] for exp_id in interrupted} == {"ok"}
+    for exp_id, row in before.items():  # nothing that had finished is lost or run again
+        if row["status"] == "ok":
+            assert after[exp_id]["finished_at"] == pytest.approx(row["finished_at"])
+    assert second.ended == "--max-experiments 16 ran"
+    assert len([r for r in after.values() if r["status"] == "ok"]) == 16

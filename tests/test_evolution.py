@@ -1,0 +1,163 @@
+"""The evolution core on its own: ask and tell, without Ray, git, threads or files."""
+
+import ast
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from engine.experiment.records import ExperimentResult, Kind, Outcome, Result, Status
+from engine.experiment.task import load_task, template_path
+from engine.protocol import Proposal
+from engine.search.evolution import Evolution
+from engine.search.options import SearchOptions
+from engine.search.population import Member
+
+CORE = ("engine.search.evolution", "engine.search.population", "engine.search.noise")
+# Nowhere in what the core imports, however indirectly.
+NEVER = ("ray", "subprocess", "threading", "concurrent", "multiprocessing", "socket", "pyarrow",
+         "engine.rundir", "engine.search.ray_pool", "engine.search.pool", "engine.tuning",
+         "engine.driver", "agents", "litellm", "optuna")
+# Not in the core's own modules either: it touches no file.
+NOT_IN_CORE = ("os", "io", "pathlib", "shutil", "tempfile")
+
+
+def imports_of(module: str) -> set[str]:
+    tree = ast.parse(Path(importlib.util.find_spec(module).origin).read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+def closure(modules: tuple[str, ...]) -> set[str]:
+    """Every module the given ones import, following this project's own modules."""
+    seen, todo = set(), list(modules)
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        if module.split(".")[0] in ("engine", "agents"):
+            todo += sorted(imports_of(module))
+    return seen
+
+
+def forbidden(names: set[str], banned: tuple[str, ...]) -> set[str]:
+    return {n for n in names if any(n == b or n.startswith(b + ".") for b in banned)}
+
+
+def test_the_core_imports_no_ray_git_threads_or_file_io():
+    assert forbidden(closure(CORE), NEVER) == set()
+    own = set().union(*(imports_of(module) for module in CORE))
+    assert forbidden(own, NOT_IN_CORE) == set()
+    for module in CORE:
+        assert "open(" not in Path(importlib.util.find_spec(module).origin).read_text()
+
+
+@pytest.fixture
+def core():
+    task = load_task(template_path())
+    options = SearchOptions(agents=2, noise_seeds=3, confirm_seeds=2, tune_trials=0)
+    merges = []
+
+    def merge(member, reason):
+        merges.append(member.exp_id)
+        return f"merge-of-{member.commit}"
+
+    evolution = Evolution(task.spec, Member("start", dict(task.files), []), options, "run", merge)
+    evolution.merges = merges
+    return evolution
+
+
+def result_of(core, experiment, score, status=Status.OK):
+    trained = ExperimentResult(status, score if status is Status.OK else None)
+    return Result.of(experiment, Outcome(trained, 0.0, 1.0), run="run", budget_s=1.0)
+
+
+def proposal(core, island, parent, value):
+    train = parent.files["train.py"] + f"\nVARIANT = {value}\n"
+    experiment, refusal = core.admit(island, parent, Proposal(f"v{value}", {"train.py": train}),
+                                     "scripted")
+    assert refusal is None
+    experiment.commit = f"c{value}"
+    core.enqueue(experiment)
+    return experiment
+
+
+def ask_all(core):
+    handed = []
+    while (experiment := core.ask(lambda accelerator: True)) is not None:
+        handed.append(experiment)
+    return handed
+
+
+def test_the_noise_runs_come_first_and_nothing_is_judged_before_the_noise_is_known(core):
+    noise = core.noise_runs()
+    assert [e.kind for e in noise] == [Kind.BASELINE] * 3
+    child = proposal(core, 0, core.parent(0), 1)
+    assert ask_all(core) == [*noise, child]
+    told = core.tell(result_of(core, child, 0.5))  # far better than the start, but too early
+    assert told.decisions == [] and list(core.population.islands[0].history) == []
+    for experiment, score in zip(noise[:2], (2.0, 2.1), strict=True):
+        assert core.tell(result_of(core, experiment, score)).decisions == []
+    told = core.tell(result_of(core, noise[2], 1.9))  # the noise is known: the child is judged
+    assert {d.kind for d in told.decisions} >= {"keep", "advance", "confirm"}
+    assert [e.kind for e in told.queued] == [Kind.CONTROL, Kind.CONFIRM] * 2
+
+
+def test_a_candidate_confirmed_beyond_the_noise_is_merged_and_becomes_the_baseline(core):
+    noise = core.noise_runs()
+    ask_all(core)
+    for experiment, score in zip(noise, (2.0, 2.1, 1.9), strict=True):
+        core.tell(result_of(core, experiment, score))
+    child = proposal(core, 1, core.parent(1), 2)
+    other = proposal(core, 0, core.parent(0), 3)
+    assert ask_all(core) == [child, other]
+    runs = core.tell(result_of(core, child, 1.0)).queued
+    assert [e.confirms for e in runs] == [child.commit] * 4
+    core.tell(result_of(core, other, 2.05))
+    assert ask_all(core) == runs  # confirmations go first, in order
+    for run in runs:
+        core.tell(result_of(core, run, 1.0 if run.kind is Kind.CONFIRM else 2.0))
+    assert core.merges == [child.exp_id]
+    assert core.population.baseline.commit == f"merge-of-{child.commit}"
+
+
+def test_a_repeated_or_empty_change_is_refused_with_a_reason(core):
+    parent = core.parent(0)
+    train = parent.files["train.py"] + "\nVARIANT = 1\n"
+    first, refusal = core.admit(0, parent, Proposal("one", {"train.py": train}), "a")
+    assert refusal is None
+    _, refusal = core.admit(1, parent, Proposal("again", {"train.py": train}), "b")
+    assert refusal == "refused: it repeats the code of an earlier experiment"
+    _, refusal = core.admit(0, parent, RuntimeError("rate limited"), "a")
+    assert refusal == "the agent failed: rate limited"
+
+
+def test_a_rejected_result_is_told_to_its_islands_agent(core):
+    parent = core.parent(0)
+    experiment, refusal = core.admit(0, parent, RuntimeError("no reply"), "a")
+    core.tell(Result.of(experiment, None, run="run", budget_s=1.0, status=Status.REJECTED,
+                        message=refusal))
+    [attempt] = core.population.islands[0].history
+    assert attempt.status == "rejected" and attempt.message == "the agent failed: no reply"
+    assert core.context(0, parent).history == (attempt,)
+
+
+def test_a_pinned_confirmation_waits_while_its_gpu_model_is_busy_and_others_pass(core):
+    noise = core.noise_runs()
+    ask_all(core)
+    for experiment, score in zip(noise, (2.0, 2.1, 1.9), strict=True):
+        core.tell(result_of(core, experiment, score))
+    child = proposal(core, 0, core.parent(0), 4)
+    ask_all(core)
+    for run in core.tell(result_of(core, child, 1.0)).queued:
+        run.accelerator = "H100"
+    later = proposal(core, 1, core.parent(1), 5)
+    assert core.ask(lambda accelerator: accelerator != "H100") is later
+    assert core.ask(lambda accelerator: accelerator != "H100") is None
+    assert core.ask(lambda accelerator: True).kind is Kind.CONTROL

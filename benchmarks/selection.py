@@ -44,12 +44,21 @@ from __future__ import annotations
 import argparse
 import heapq
 import random
-from collections import deque
 from dataclasses import dataclass
 
-from engine.experiment.spec import Objective
-from engine.protocol import Attempt
-from engine.search.population import Decision, Member, Population
+from engine.experiment.records import (
+    Experiment,
+    ExperimentResult,
+    Kind,
+    Outcome,
+    Result,
+    Status,
+)
+from engine.experiment.spec import parse_goal_file
+from engine.protocol import Proposal
+from engine.search.evolution import Evolution
+from engine.search.options import SearchOptions
+from engine.search.population import Member
 
 WORKERS = 2
 ISLANDS = 2
@@ -62,7 +71,8 @@ RUN_LENGTH = 1.0
 # The gain candidate is the j-th mutation, j uniform over the search but for this many at each end.
 GAIN_MARGIN = 5
 START = "start"  # the starting code's commit
-OBJECTIVE = Objective("score", "minimize", "Minimize score")
+START_FILES = {"train.py": "import random\n"}
+SPEC = parse_goal_file("# Goal\nMinimize `score`\n")
 
 
 @dataclass(frozen=True)
@@ -96,20 +106,6 @@ CELLS = (Cell("no-op"), Cell("seed-only"),
 
 
 @dataclass
-class Run:
-    """One run of one commit on one worker: a noise run, a mutation, a confirmation or a
-    control run."""
-
-    kind: str  # "noise", "mutation", "confirm" or "control"
-    commit: str
-    island: int | None = None
-    parent: str = ""  # for mutations: the parent's commit
-    confirms: str = ""  # for confirmation and control runs: the candidate's commit
-    pinned: str = ""  # the accelerator type it must run on ("": any)
-    worker: int | None = None  # set when it starts: the accelerator it ran on
-
-
-@dataclass
 class Tally:
     """What one search, or many added up, did."""
 
@@ -127,29 +123,28 @@ class Tally:
             setattr(self, name, getattr(self, name) + value)
 
 
-class EmulatedSearch:
-    """The driver's scheduling and bookkeeping around a real `Population`, on a simulated clock.
-    Every call into the population is in `_observe_noise`, `_judge`, `_observe_confirmation` and
-    `_apply`."""
+class SimulatedSearch:
+    """The real evolution core (engine/search/evolution.py) on a simulated clock: this class is
+    the clock, the workers, the proposer and the score model; every decision, queue order and
+    pin is the core's own, through `admit`, `enqueue`, `ask` and `tell`."""
 
     def __init__(self, condition: Condition, cell: Cell, rng: random.Random,
                  population_seed: int, mutations: int = MUTATIONS) -> None:
         self.condition, self.cell, self.rng, self.mutations = condition, cell, rng, mutations
-        self.population = Population(OBJECTIVE, Member(START, {}, []), ISLANDS,
-                                     seed=population_seed)
+        options = SearchOptions(agents=ISLANDS, noise_seeds=NOISE_RUNS, tune_trials=0,
+                                seed=population_seed % 2**31)
+        self.core = Evolution(SPEC, Member(START, dict(START_FILES), []), options, "sim",
+                              self._promoted)
         self.true = {START: 0.0}  # commit -> true value, what the scores are drawn around
-        self.scores: dict[str, list[tuple[float, str]]] = {}  # commit -> its scores and types
         self.baseline = START  # the commit a promotion replaces, to judge it by true values
-        self.queue = deque(Run("noise", START) for _ in range(NOISE_RUNS))
-        self.running: list[tuple[float, int, Run, float]] = []  # heap: finish, order, run, score
+        self.running: list[tuple[float, int, Experiment, float, int]] = []  # heap
         self.free = list(range(WORKERS))
         self.now = 0.0
-        self.noise_outstanding = NOISE_RUNS
-        self.deferred: list[tuple[Run, float]] = []  # mutations waiting for the noise
         self.proposed = 0
         self.gain_at = rng.randint(GAIN_MARGIN, mutations - GAIN_MARGIN) if cell.gain else 0
         self.tally = Tally(searches=1)
         self.carrying_gain: set[str] = set()  # the gain candidate and its descendants
+        self.core.noise_runs()
 
     def run(self) -> Tally:
         """Run the search to its end; returns what it did."""
@@ -157,125 +152,69 @@ class EmulatedSearch:
             self._dispatch()
             if not self.running:
                 break
-            self.now, _, run, score = heapq.heappop(self.running)
-            self.free.append(run.worker)
-            self._observe(run, score)
+            self.now, _, experiment, score, worker = heapq.heappop(self.running)
+            self.free.append(worker)
+            result = Result.of(experiment, Outcome(ExperimentResult(Status.OK, score), 0.0, 0.0,
+                                                   accelerator=self.condition.accelerators[worker]),
+                               run="sim", budget_s=RUN_LENGTH)
+            self.tally.candidates += experiment.kind is Kind.MUTATION
+            self.core.tell(result, experiment)
         self.tally.searches_promoting = int(self.tally.promotions > 0)
         return self.tally
 
-    # -- the schedule --------------------------------------------------------------------------
-
     def _dispatch(self) -> None:
-        """Give every free worker the first queued run it may run, proposing a mutation when
-        there is none."""
+        """Give every free worker the first queued run the core lets it run, proposing a
+        mutation when there is none."""
         for worker in sorted(self.free):  # at the start both are free: the fast one goes first
             accelerator = self.condition.accelerators[worker]
-            runnable = next((run for run in self.queue if run.pinned in ("", accelerator)), None)
-            if runnable is None and self.proposed < self.mutations:
+            may = lambda pinned, accelerator=accelerator: pinned in ("", accelerator)  # noqa: E731
+            experiment = self.core.ask(may)
+            if experiment is None and self.proposed < self.mutations:
                 self._propose()
-                runnable = self.queue[-1]
-            if runnable is not None:
-                self.queue.remove(runnable)
+                experiment = self.core.ask(may)
+            if experiment is not None:
                 self.free.remove(worker)
-                self._start(runnable, worker)
+                self._start(experiment, worker)
 
     def _propose(self) -> None:
         island = self.proposed % ISLANDS
         self.proposed += 1
-        parent = self.population.choose_parent(island)
-        commit = f"m{self.proposed}"
+        parent = self.core.parent(island)
+        line = (f"random.seed({self.proposed})" if self.cell.name == "seed-only"
+                else f"VARIANT = {self.proposed}")
+        proposal = Proposal(f"change {self.proposed}",
+                            {"train.py": parent.files["train.py"] + line + "\n"})
+        experiment, refusal = self.core.admit(island, parent, proposal, "simulated")
+        assert refusal is None, refusal
+        experiment.commit = commit = f"m{self.proposed}"
         gain = self.cell.gain if self.proposed == self.gain_at else 0.0
-        if gain:
-            self.carrying_gain.add(commit)
-        if parent.commit in self.carrying_gain:
+        if gain or parent.commit in self.carrying_gain:
             self.carrying_gain.add(commit)
         self.true[commit] = self.true[parent.commit] - gain
-        self.queue.append(Run("mutation", commit, island, parent.commit))
+        self.core.enqueue(experiment)
 
-    def _start(self, run: Run, worker: int) -> None:
+    def _start(self, experiment: Experiment, worker: int) -> None:
         # The score is drawn now: drift follows the start time, when the run's budget is spent.
         condition = self.condition
-        run.worker = worker
         drift = condition.drift * self.now / (UNITS_PER_MUTATION * self.mutations)
-        score = (self.true[run.commit] + drift
+        score = (self.true[experiment.commit] + drift
                  + condition.offsets[worker] + self.rng.gauss(0.0, 1.0))
         length = RUN_LENGTH * condition.duration_factors[worker] * self.rng.uniform(0.8, 1.2)
-        heapq.heappush(self.running, (self.now + length, self.tally.runs, run, score))
+        heapq.heappush(self.running, (self.now + length, self.tally.runs, experiment, score,
+                                      worker))
         self.tally.runs += 1
-        self.tally.extra_runs += run.kind not in ("noise", "mutation")
+        self.tally.extra_runs += experiment.kind.confirmation
 
-    def _observe(self, run: Run, score: float) -> None:
-        """As the driver's `_observe`: mutations wait until every noise run is in."""
-        self.scores.setdefault(run.commit, []).append((score, self._accelerator(run)))
-        if run.kind == "noise":
-            self._observe_noise(run, score)
-            self.noise_outstanding -= 1
-            if self.noise_outstanding == 0:
-                self.population.noise_measured()
-                for waiting, waiting_score in self.deferred:
-                    self._judge(waiting, waiting_score)
-                self.deferred.clear()
-        elif run.kind in ("confirm", "control"):
-            self._observe_confirmation(run, score)
-        elif self.noise_outstanding > 0:
-            self.deferred.append((run, score))
-        else:
-            self._judge(run, score)
-
-    # -- the calls into the population ---------------------------------------------------------
-
-    def _accelerator(self, run: Run) -> str:
-        return self.condition.accelerators[run.worker]
-
-    def _observe_noise(self, run: Run, score: float) -> None:
-        self.population.observe_baseline_run(score, self._accelerator(run))
-
-    def _judge(self, run: Run, score: float) -> None:
-        self.tally.candidates += 1
-        # The parent as the driver's `_parent` finds it: the population's own member when it
-        # still holds it (its runs and child count are what the rules read).
-        scores = self.scores.get(run.parent, [])
-        parent = self.population.member(run.island, run.parent) or Member(
-            run.parent, {}, [v for v, _ in scores], accelerators=[a for _, a in scores])
-        child = Member(run.commit, {}, [score], exp_id=run.commit,
-                       accelerators=[self._accelerator(run)])
-        attempt = Attempt("", "ok", score, parent.objective if parent.runs else None,
-                          exp_id=run.commit)
-        self._apply(self.population.observe_child(run.island, parent, child, attempt))
-
-    def _observe_confirmation(self, run: Run, score: float) -> None:
-        observe = (self.population.observe_control if run.kind == "control"
-                   else self.population.observe_confirmation)
-        self._apply(observe(run.confirms, score, self._accelerator(run)))
-
-    def _apply(self, decisions: list[Decision]) -> None:
-        """As the driver's `_apply`: a confirmation's runs and control runs, taking turns, to the
-        front of the queue; a promotion rebased (on the candidate's own commit, so that its true
-        value is found under either)."""
-        for decision in decisions:
-            member = decision.member
-            if decision.kind == "confirm":
-                pinned = decision.accelerator
-                turns = []
-                for _ in range(decision.confirm_seeds):
-                    turns += [Run("control", decision.against.commit, decision.island,
-                                  confirms=member.commit, pinned=pinned),
-                              Run("confirm", member.commit, decision.island,
-                                  confirms=member.commit, pinned=pinned)]
-                self.queue.extendleft(reversed(turns))
-            elif decision.kind == "promote":
-                self._count_promotion(member.commit)
-                self.population.rebase_baseline(member.commit)
-                self.scores[member.commit] = list(zip(member.runs, member.accelerators,
-                                                      strict=True))
-
-    def _count_promotion(self, commit: str) -> None:
+    def _promoted(self, member: Member, reason: str) -> str:
+        """The core's merge: the baseline stays at the candidate's own commit, so that its true
+        value is found under it."""
         self.tally.promotions += 1
-        self.tally.false_promotions += not self.true[commit] < self.true[self.baseline]
+        self.tally.false_promotions += not self.true[member.commit] < self.true[self.baseline]
         # The gain counts once, whether the candidate itself or a descendant carried it in.
-        taken_in = commit in self.carrying_gain and self.baseline not in self.carrying_gain
+        taken_in = member.commit in self.carrying_gain and self.baseline not in self.carrying_gain
         self.tally.gain_promoted += taken_in
-        self.baseline = commit
+        self.baseline = member.commit
+        return member.commit
 
 
 # -- the table -----------------------------------------------------------------------------------
@@ -287,7 +226,7 @@ def measure(condition: Condition, cell: Cell, searches: int, mutations: int,
     total = Tally()
     for _ in range(searches):
         search_rng = random.Random(rng.getrandbits(64))
-        total.add(EmulatedSearch(condition, cell, search_rng, rng.getrandbits(64),
+        total.add(SimulatedSearch(condition, cell, search_rng, rng.getrandbits(64),
                                  mutations).run())
     return total
 

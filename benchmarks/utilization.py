@@ -35,7 +35,6 @@ from engine.cluster import start_ray
 from engine.driver import Search, SearchOptions
 from engine.experiment.task import load_task, template_path
 from engine.protocol import Proposal, ProposalContext
-from engine.rundir.store import ResultStore
 
 
 class InstantAgent:
@@ -96,7 +95,7 @@ def bare_ray(gpus: int, length: float, rounds: int) -> float:
     return busy_fraction(rows, gpus, started, stop)
 
 
-def measure(gpus: int, length: float, rounds: int, islands: int) -> dict:
+def measure(gpus: int, length: float, rounds: int, islands: int, tune_every: int | None) -> dict:
     start_ray(None, gpus, cpus=2)
     ray.cloudpickle.register_pickle_by_value(benchmarks.null_experiment)
     try:
@@ -104,17 +103,19 @@ def measure(gpus: int, length: float, rounds: int, islands: int) -> dict:
         ideal = bare_ray(gpus, length, rounds)
         with tempfile.TemporaryDirectory() as folder:
             options = SearchOptions(agents=islands, budget_s=length,
-                                    hours=(rounds * length) / 3600, surplus=max(4, gpus // 8))
+                                    hours=(rounds * length) / 3600, surplus=max(4, gpus // 8),
+                                    tune_trials=12 if tune_every else 0, tune_every=tune_every)
             search = Search(load_task(template_path()), Path(folder) / "run", options,
                             [InstantAgent() for _ in range(islands)], run=null_experiment)
             started = time.time()
             state = search.run()
             stopped = started + rounds * length
-            rows = ResultStore(Path(folder) / "run" / "results", search.metric_columns()).rows()
-            trained = [r for r in rows if r["status"] == "ok"]
+            rows = search.store.rows()
+            trained = [r for r in rows if r["status"] in ("ok", "stopped")]
             return {
                 "gpus": gpus,
                 "experiments": len(trained),
+                "trials": sum(r["kind"] == "tune" for r in trained),
                 "utilisation": busy_fraction(trained, gpus, started, stopped),
                 "steady": busy_fraction(trained, gpus, started + length, stopped),
                 "driver_ms": 1000 * state.driver_s / max(len(rows), 1),
@@ -131,17 +132,25 @@ def main() -> None:
     parser.add_argument("--length", type=float, default=10.0)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--islands", type=int, default=8)
+    parser.add_argument("--tuning", default="off,on",
+                        help="off: no knob tuning; on: the baseline's knobs refined every "
+                             "--tune-every results (12 trials, a quarter of the GPUs)")
+    parser.add_argument("--tune-every", type=int, default=64)
     args = parser.parse_args()
     print(f"null experiments of {args.length:g} s, {args.rounds} lengths per size, "
           f"{args.islands} islands")
-    print(f"{'GPUs':>6} {'experiments':>12} {'utilisation':>12} {'bare Ray':>9} {'ratio':>6} "
-          f"{'steady':>7} {'driver ms/exp':>14} {'worker start-up s':>18}")
+    print(f"{'GPUs':>6} {'tuning':>7} {'experiments':>12} {'trials':>7} {'utilisation':>12} "
+          f"{'bare Ray':>9} {'ratio':>6} {'steady':>7} {'driver ms/exp':>14} "
+          f"{'worker start-up s':>18}")
     for gpus in (int(size) for size in args.sizes.split(",")):
-        row = measure(gpus, args.length, args.rounds, args.islands)
-        print(f"{row['gpus']:>6} {row['experiments']:>12} {row['utilisation']:>12.3f} "
-              f"{row['ideal']:>9.3f} {row['utilisation'] / row['ideal']:>6.3f} "
-              f"{row['steady']:>7.3f} {row['driver_ms']:>14.1f} {row['start_up_s']:>18.1f}",
-              flush=True)
+        for tuning in args.tuning.split(","):
+            row = measure(gpus, args.length, args.rounds, args.islands,
+                          args.tune_every if tuning == "on" else None)
+            print(f"{row['gpus']:>6} {tuning:>7} {row['experiments']:>12} {row['trials']:>7} "
+                  f"{row['utilisation']:>12.3f} "
+                  f"{row['ideal']:>9.3f} {row['utilisation'] / row['ideal']:>6.3f} "
+                  f"{row['steady']:>7.3f} {row['driver_ms']:>14.1f} "
+                  f"{row['start_up_s']:>18.1f}", flush=True)
 
 
 if __name__ == "__main__":

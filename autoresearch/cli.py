@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
-import logging.handlers
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -228,7 +226,7 @@ def _run_search(search: Search, quiet: bool) -> None:
     from engine.views.report import leaderboard
 
     folder = search.run_dir
-    _log_to(folder.log_path, console=quiet)
+    folder.log_to(console=quiet)
     try:
         if quiet:
             search.run()
@@ -363,16 +361,6 @@ def _open_run(run_dir: str) -> RunData:
         return load_run(run_dir)
     except NotARunDir as error:
         raise BadInput(str(error)) from error
-
-
-def _log_to(path: Path, console: bool) -> None:
-    # Capped: a search of many nights must not fill the disk with its own log.
-    handlers: list[logging.Handler] = [
-        logging.handlers.RotatingFileHandler(path, maxBytes=20 * 2**20, backupCount=2)]
-    if console:
-        handlers.append(logging.StreamHandler())
-    logging.basicConfig(level=logging.INFO, handlers=handlers,
-                        format="%(asctime)s %(levelname)s %(message)s")
 
 
 def _format(value: float | None) -> str:

@@ -33,7 +33,6 @@ from engine.driver import Search, SearchOptions
 from engine.experiment.runner import run_experiment
 from engine.experiment.task import Task, load_task, template_path
 from engine.protocol import Attempt, ProposalContext
-from engine.rundir.store import ResultStore
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
@@ -73,7 +72,7 @@ def engine_search(task: Task, experiments: int, budget: float, seed: int,
                             [OfflineAgent(seed=seed + k) for k in range(workers)])
             started = time.time()
             search.run()
-            rows = ResultStore(Path(folder) / "run" / "results", search.metric_columns()).rows()
+            rows = search.store.rows()
             promotions = len(search.population.promotions)
     finally:
         ray.shutdown()

@@ -33,12 +33,12 @@ import psutil
 import ray
 
 import benchmarks.null_experiment
-from autoresearch.cli import _log_to
 from benchmarks.null_experiment import null_experiment
 from engine.cluster import start_ray
 from engine.driver import Search, SearchOptions
 from engine.experiment.task import load_task, template_path
 from engine.protocol import Proposal, ProposalContext
+from engine.rundir.layout import RunDir
 
 PARTS = ("results", "repo.git", "tune", "population.json", "results.tsv", "journal.jsonl",
          "driver.log")
@@ -149,7 +149,7 @@ def soak(minutes: float, gpus: int, length: float, every_s: float, islands: int,
                                     surplus=max(4, gpus // 4))
             search = Search(load_task(template_path()), run_dir, options,
                             [SoakAgent(k) for k in range(islands)], run=null_experiment)
-            _log_to(run_dir / "driver.log", console=False)
+            RunDir(run_dir).log_to(console=False)
             watcher = Watcher(search, every_s)
             print(f"{minutes:g} minutes of null experiments of {length:g} s on {gpus} logical "
                   f"GPUs, {islands} islands; sizes in KB (files)")

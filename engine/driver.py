@@ -22,6 +22,7 @@ finished (engine/search/replay.py).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -40,12 +41,12 @@ from engine.search.options import SearchOptions
 from engine.search.pool import GpuPool
 from engine.search.population import Member
 from engine.search.proposers import Proposers
+from engine.search.ray_pool import RayPool
 from engine.tuning.refiner import Refiner, Trial
 from engine.views.summary import Summary
 
 log = logging.getLogger("autoresearch")
 
-STANDARD_METRICS = ("params", "peak_memory_gb", "steps", "final_train_loss", "loss_spikes")
 RunFunction = Callable[..., ExperimentResult]
 
 
@@ -69,20 +70,22 @@ class Search:
                                                    history_from=task.path)
         else:
             repo = self.run_dir.repo()
-        self.recorder = recorder(self.run_dir, repo, self.spec.objective.metric,
-                                 self.metric_columns())
+        self.recorder = recorder(self.run_dir, repo, self.spec)
         self.core = Evolution(self.spec, Member(start, dict(task.files), []), options,
                               self.run_name, self.recorder.merge)
         self.limits = Limits(options)
         self.refiner = Refiner(self.run_dir, self.spec, options, self.budget_s, run)
-        self._make_pool = pool or self._ray_pool
+        self._make_pool = pool or functools.partial(RayPool, self.spec.gpus_per_experiment)
         self.pool: GpuPool | None = None
         self.ended: str | None = None  # why the search stopped, once it has
         self._draining = False  # a limit was reached: start nothing new
         self._proposers: Proposers | None = None
         if not self.run_dir.holds_run:
-            self.recorder.branches.start(options.agents, start)
-            self._write_run_info(start)
+            self.recorder.start(options.agents, start, {
+                "run": self.run_name, "task": str(task.path.resolve()), "start_commit": start,
+                "created": self.state.started_at, "options": asdict(options),
+                "budget_s": self.budget_s, "objective": asdict(self.spec.objective),
+                "not_enforced": list(self.spec.not_enforced)})
             self.recorder.journal(self.core.noise_runs())
 
     @classmethod
@@ -93,27 +96,12 @@ class Search:
         from engine.search.replay import resume
         return resume(cls, task, run_dir, options, agents, run, write=write, **kwargs)
 
-    @property
-    def population(self):
-        return self.core.population
-
-    @property
-    def store(self):
-        """The results store (engine/rundir/store.py)."""
-        return self.recorder.store
-
-    @property
-    def repo(self):
-        """The run's git repository (engine/rundir/repo.py)."""
-        return self.recorder.repo
-
-    @property
-    def descriptions(self) -> dict[str, str]:
-        return self.core.descriptions
-
-    @property
-    def problems(self) -> list[str]:
-        return self.recorder.problems
+    # What a caller (the CLI, the live view, tests) reads of the search.
+    population = property(lambda self: self.core.population)
+    descriptions = property(lambda self: self.core.descriptions)
+    store = property(lambda self: self.recorder.store)  # engine/rundir/store.py
+    repo = property(lambda self: self.recorder.repo)  # engine/rundir/repo.py
+    problems = property(lambda self: self.recorder.problems)  # what a resume repaired
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -269,32 +257,8 @@ class Search:
         self.recorder.close()
 
     def _write_derived(self, now: bool = False) -> None:
-        self.recorder.write_derived(self._checkpoint, lambda: self.population.kept, now=now)
-
-    def _checkpoint(self) -> dict:
-        """The population's state and the driver's counters, for `status` (resume replays the
-        results instead: they are durable one by one, this file only every second)."""
         refinement = self.refiner.refinement
-        return {"run": self.run_name, "submitted": self.core.submitted,
-                "next_id": self.core.next_id, "fingerprint": self.core.fingerprint,
-                "ended": self.ended, "tuning": refinement.name if refinement else None,
-                "spent_usd": self.state.spent_usd,
-                "gpu": {"slots": self.state.slots, "busy_s": self.state.busy_s,
-                        "capacity_s": self.state.capacity_s},
-                **self.population.to_dict()}
-
-    def _write_run_info(self, start: str) -> None:
-        self.run_dir.write_info({
-            "run": self.run_name, "task": str(self.task.path.resolve()), "start_commit": start,
-            "created": self.state.started_at, "options": asdict(self.options),
-            "budget_s": self.budget_s, "objective": asdict(self.spec.objective),
-            "not_enforced": list(self.spec.not_enforced)})
-
-    def metric_columns(self) -> list[str]:
-        """The results store's metric columns: the objective, the goal's metrics, the standard."""
-        names = [self.spec.objective.metric, *self.spec.metrics, *STANDARD_METRICS]
-        return list(dict.fromkeys(names))
-
-    def _ray_pool(self) -> GpuPool:
-        from engine.search.ray_pool import RayPool
-        return RayPool(self.spec.gpus_per_experiment)
+        self.recorder.write_derived(lambda: {
+            "run": self.run_name, "ended": self.ended,
+            "tuning": refinement.name if refinement else None,
+            **self.core.to_dict(), **self.state.to_dict()}, lambda: self.population.kept, now=now)

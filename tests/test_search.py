@@ -11,14 +11,13 @@ from benchmarks.null_experiment import null_experiment
 from engine.driver import Search, SearchOptions
 from engine.experiment.task import load_task, template_path
 from engine.rundir.repo import RunRepo, branch_name
-from engine.rundir.store import ResultStore
 from tests.conftest import ScriptedAgent
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
 
 def rows_of(search: Search) -> list[dict]:
-    return ResultStore(search.run_dir / "results", search.metric_columns()).rows()
+    return search.store.rows()
 
 
 def trained(rows: list[dict]) -> list[dict]:

@@ -18,6 +18,14 @@ from enum import StrEnum
 
 from engine.experiment.spec import Spec
 
+# What every experiment measures beside the goal file's own metrics (engine/experiment/runner.py).
+STANDARD_METRICS = ("params", "peak_memory_gb", "steps", "final_train_loss", "loss_spikes")
+
+
+def metric_columns(spec: Spec) -> list[str]:
+    """The results' metric columns: the objective, the goal file's metrics, the standard ones."""
+    return list(dict.fromkeys([spec.objective.metric, *spec.metrics, *STANDARD_METRICS]))
+
 
 class Kind(StrEnum):
     BASELINE = "baseline"  # a noise run of the starting code

@@ -16,6 +16,8 @@ written:
 from __future__ import annotations
 
 import json
+import logging
+import logging.handlers
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -95,6 +97,16 @@ class RunDir:
 
     def repo(self) -> RunRepo:
         return RunRepo(self.repo_path)
+
+    def log_to(self, console: bool) -> None:
+        """Send the driver's log to driver.log (and the console): capped, since a search of many
+        nights must not fill the disk with its own log."""
+        handlers: list[logging.Handler] = [logging.handlers.RotatingFileHandler(
+            self.log_path, maxBytes=20 * 2**20, backupCount=2)]
+        if console:
+            handlers.append(logging.StreamHandler())
+        logging.basicConfig(level=logging.INFO, handlers=handlers,
+                            format="%(asctime)s %(levelname)s %(message)s")
 
     def tuning(self, name: str) -> Path:
         """The folder of the knob tuning `name`."""

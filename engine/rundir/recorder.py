@@ -8,7 +8,8 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from engine.experiment.records import Experiment, Result
+from engine.experiment.records import Experiment, Result, metric_columns
+from engine.experiment.spec import Spec
 from engine.rundir.branches import Branches
 from engine.rundir.layout import RunDir
 from engine.rundir.repo import RunRepo
@@ -22,11 +23,10 @@ PACK_EVERY = 2000  # experiments between two packings of the run's git objects
 
 
 class Recorder:
-    def __init__(self, run_dir: RunDir, repo: RunRepo, metric: str,
-                 metric_columns: list[str]) -> None:
-        self.run_dir, self.repo, self.metric = run_dir, repo, metric
-        self.store = run_dir.store(metric_columns)
-        self.branches = Branches(repo, run_dir.name, metric)
+    def __init__(self, run_dir: RunDir, repo: RunRepo, spec: Spec) -> None:
+        self.run_dir, self.repo, self.metric = run_dir, repo, spec.objective.metric
+        self.store = run_dir.store(metric_columns(spec))
+        self.branches = Branches(repo, run_dir.name, self.metric)
         self.problems: list[str] = []  # what a resume found inconsistent (and repaired)
         self._journal = run_dir.journal()
         self._packing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="git-pack")
@@ -70,6 +70,11 @@ class Recorder:
     def reconcile(self, population: Population, results: list[Result]) -> None:
         """After a replay: move the branches and add the notes the results call for."""
         self.problems += self.branches.reconcile(population, results, write=True)
+
+    def start(self, islands: int, commit: str, info: dict) -> None:
+        """A new run: every branch at the starting code, and run.json."""
+        self.branches.start(islands, commit)
+        self.run_dir.write_info(info)
 
     def write_derived(self, checkpoint: Callable[[], dict], kept: Callable[[], set[str]],
                       now: bool = False) -> None:

@@ -349,6 +349,11 @@ class Evolution:
                                                 missing[Kind.CONFIRM], missing[Kind.CONTROL])
         return made
 
+    def to_dict(self) -> dict:
+        """What a checkpoint keeps of the core (`status` reads it; resume replays the results)."""
+        return {"submitted": self.submitted, "next_id": self.next_id,
+                "fingerprint": self.fingerprint, **self.population.to_dict()}
+
     # -- helpers -------------------------------------------------------------------------------
 
     def _parent(self, experiment: Experiment) -> Member:

@@ -40,6 +40,11 @@ class Summary:
             summary.spent_usd += result.cost_usd
         return summary
 
+    def to_dict(self) -> dict:
+        """What a checkpoint keeps: `status` reads the GPU accounting from it."""
+        return {"spent_usd": self.spent_usd,
+                "gpu": {"slots": self.slots, "busy_s": self.busy_s, "capacity_s": self.capacity_s}}
+
     @property
     def utilisation(self) -> float:
         return self.busy_s / self.capacity_s if self.capacity_s else 0.0

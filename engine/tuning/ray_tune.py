@@ -132,6 +132,8 @@ class _Recorder(tune.Callback):
             # Ends the run like a crash would, without marking the trials in flight finished:
             # Tune's last snapshot holds them as running, so a resume runs them again.
             raise _Stopped
+        if refinement is not None:
+            refinement.trials_waiting(sum(trial.status == "PENDING" for trial in trials))
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
         if refinement := _LIVE.get(self.key):

@@ -110,6 +110,7 @@ class Refinement:
         self._outbox: queue.Queue[TrialOutcome] = queue.Queue()
         self._ended: dict[str, TrialOutcome] = {}
         self._running: set[str] = set()
+        self._waiting = 0  # trials Tune has made that wait for a GPU
         self._stopping = threading.Event()
         self._fitting = threading.Event()  # its turn came: it holds _ONE_AT_A_TIME
         self._thread: threading.Thread | None = None
@@ -145,12 +146,13 @@ class Refinement:
 
     @property
     def slots_wanted(self) -> int:
-        """GPUs to keep free for this refinement now: its concurrency while trials remain, none
-        while it waits for another refinement of this process to end."""
+        """GPUs to keep for this refinement now: one per trial running or waiting for a GPU,
+        up to its concurrency. None while Tune starts (seconds, during which the agents' work
+        keeps every GPU busy) or while it waits for another refinement of this process."""
         if self.done or not self._fitting.is_set():
             return 0
         with self._lock:
-            return min(self.concurrency, max(self.trials - len(self._ended), 0))
+            return min(self.concurrency, len(self._running) + self._waiting)
 
     @property
     def done(self) -> bool:
@@ -189,6 +191,7 @@ class Refinement:
             finally:
                 with self._lock:
                     self._running.clear()
+                    self._waiting = 0
 
     @property
     def stopping(self) -> bool:
@@ -201,6 +204,10 @@ class Refinement:
     def ended(self) -> dict[str, TrialOutcome]:
         with self._lock:
             return dict(self._ended)
+
+    def trials_waiting(self, count: int) -> None:
+        with self._lock:
+            self._waiting = count
 
     def trial_started(self, trial_id: str) -> None:
         with self._lock:

@@ -1,14 +1,14 @@
 """How often the population's selection rules promote what they should, on scores drawn from known
-distributions: a Monte Carlo run of the real `engine.search.population.Population` behind an
-emulated driver.
+distributions: a Monte Carlo run of the real evolution core (`engine.search.evolution.Evolution`:
+the population, the queue, the deferred results, the confirmations) on a simulated clock.
 
 One simulated search is `search --gpus 2 --agents 2` on a simulated clock: two workers, two
 islands; three noise runs of the starting code queued first, then one mutation proposed per free
 worker (islands in turn, the parent chosen by the population) until 30 mutations have been run.
-The runs the population asks for (a candidate's confirmation runs and the baseline's control
-runs, taking turns) go to the front of the queue, pinned to one accelerator type as Ray's label
-selector pins them: a free worker takes the first queued run it may run. Mutations that finish
-before every noise run is in wait, and are judged in order once it is, as in `engine/driver.py`.
+The core queues the runs the population asks for (a candidate's confirmation runs and the
+baseline's control runs, taking turns) ahead of the rest, pinned to one accelerator type as Ray's
+label selector pins them: a free worker takes the first queued run the core lets it run. Mutations
+that finish before every noise run is in wait, and are judged best first once it is.
 A run takes 1.0 * uniform(0.8, 1.2) time units, times its worker's duration factor; the search
 ends when nothing is queued or running.
 

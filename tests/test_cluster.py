@@ -161,3 +161,60 @@ def test_a_node_that_leaves_mid_search_costs_only_its_experiments_in_flight(scen
     after = [row for row in rows if row["finished_at"] > removed_at]
     assert not any(row["node"].endswith(leaves["node"]) for row in after)
 
+
+# -- joining a cluster: what a user is told when it cannot be done ------------------------------
+# (tests/test_ray_up.py meets each of these on a real cluster; these need no cluster.)
+
+@pytest.fixture
+def gcs_answers(monkeypatch):
+    """A cluster's GCS that answers at any address, and `ray.init` failing as `error` says."""
+    import ray._raylet
+
+    from engine import cluster
+
+    def fail_with(error: Exception):
+        def init(**_):
+            raise error
+        monkeypatch.setattr(ray._raylet, "GcsClient", lambda address: None)
+        monkeypatch.setattr(ray, "init", init)
+        with pytest.raises(cluster.ClusterUnavailable) as refused:
+            cluster.join_cluster("10.0.0.10:6379")
+        return str(refused.value)
+
+    return fail_with
+
+
+def test_a_cluster_of_another_ray_version_is_refused_naming_both_versions(gcs_answers):
+    from ray._private.utils import check_version_info
+
+    with pytest.raises(RuntimeError) as mismatch:
+        check_version_info({"ray_version": "2.0.0", "python_version": "3.9.1"}, "this node")
+    said = gcs_answers(mismatch.value)
+    assert said.startswith("the Ray cluster at 10.0.0.10:6379 runs Ray 2.0.0 on Python 3.9.1, "
+                           f"and this machine Ray {ray.__version__} on Python ")
+
+
+def test_a_refused_token_is_named_by_where_it_came_from(gcs_answers, monkeypatch):
+    from ray.exceptions import AuthenticationError
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "not-the-token")
+    try:
+        raise ConnectionError("Failed to connect") from AuthenticationError("InvalidAuthToken")
+    except ConnectionError as error:
+        said = gcs_answers(error)
+    assert "refused the token in RAY_AUTH_TOKEN: it is not the cluster's" in said
+
+
+def test_a_failure_joining_that_a_user_cannot_fix_keeps_rays_own_error(monkeypatch):
+    import ray._raylet
+
+    from engine import cluster
+
+    def init(**_):
+        raise KeyError("a bug somewhere")
+
+    monkeypatch.setattr(ray._raylet, "GcsClient", lambda address: None)
+    monkeypatch.setattr(ray, "init", init)
+    with pytest.raises(KeyError):
+        cluster.join_cluster("10.0.0.10:6379")

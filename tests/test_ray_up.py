@@ -6,8 +6,9 @@ The story, in order: `ray up`; a search through `ray exec`, its status, its run 
 with `ray rsync-down`; a second search that loses its worker node and gets it back; `ray down`,
 which loses the head and its disk; `ray up` again, the run dir sent back with `ray rsync-up`,
 `status --verify` and `resume`; then the errors a user meets on the head. The config the test
-runs is cluster.local.yaml with this machine's addresses, user, key and ports put in
-(`on_this_machine`); everything else is the file as it ships.
+runs is cluster.local.yaml with this machine's addresses, user, key and ports put in, 2 logical
+GPUs declared on the worker and the head's heartbeat timeout shortened (`on_this_machine`);
+everything else is the file as it ships.
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ def free_port() -> int:
 
 def on_this_machine(config: dict, key: Path) -> dict:
     """cluster.local.yaml for the machines of tests/machines.py: their addresses, root and the
-    key, and ports of their own, distinct for head and worker (they share one network)."""
+    key, ports of their own, distinct for head and worker (they share one network), 2 logical
+    GPUs on the worker, and the shorter heartbeat timeout."""
     config = {**config, "provider": {**config["provider"], "head_ip": "127.0.0.1",
                                      "worker_ips": [WORKER]},
               "auth": {"ssh_user": "root", "ssh_private_key": str(key)}}

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import click
 
 from agents import AGENT_NAMES, make_agents
+from engine.cluster import ClusterUnavailable
 from engine.experiment.runner import run_experiment
 from engine.experiment.spec import GoalFileError
 from engine.experiment.task import TaskError, init_task, load_task
@@ -34,7 +35,7 @@ class _Commands(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except (GoalFileError, TaskError) as error:
+        except (GoalFileError, TaskError, ClusterUnavailable) as error:
             raise BadInput(str(error)) from error
 
 

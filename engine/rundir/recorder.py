@@ -4,9 +4,10 @@ is the same surface writing nothing, for `status --verify`'s replay."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from engine.experiment.records import Experiment, Result, metric_columns
 from engine.experiment.spec import Spec
@@ -14,6 +15,8 @@ from engine.rundir.branches import Branches
 from engine.rundir.layout import RunDir
 from engine.rundir.repo import RunRepo
 from engine.search.population import Member, Population
+
+log = logging.getLogger("autoresearch")
 
 # Files derived from the results are rewritten on a timer, not per result: the rows themselves
 # are durable one by one in the store, and these would cost O(run) per experiment.
@@ -29,7 +32,11 @@ class Recorder:
         self.branches = Branches(repo, run_dir.name, self.metric)
         self.problems: list[str] = []  # what a resume found inconsistent (and repaired)
         self._journal = run_dir.journal()
-        self._packing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="git-pack")
+        # Notes and packing are git work nothing in the loop waits for: one thread does them in
+        # order, off the loop. A note is derived from its row, so one a crash cut off is added
+        # back by the next resume's reconciliation.
+        self._git_work = ThreadPoolExecutor(max_workers=1, thread_name_prefix="git-notes")
+        self._git_queued: list[Future] = []
         self._checkpointed_at = self._exported_at = 0.0
 
     def journal(self, experiments: list[Experiment]) -> None:
@@ -46,12 +53,19 @@ class Recorder:
             f"{experiment.exp_id}: {experiment.description or '(no description)'}")
 
     def record(self, result: Result) -> None:
-        """The result, durably, then its note on its commit."""
+        """The result, durably; its note on its commit follows in the background. Raises the
+        GitError of a note or packing that failed since the last call."""
         self.store.append(result)
         if result.status.trained:
-            self.branches.note(result)
+            self._in_background(self.branches.note, result)
         if len(self.store) % PACK_EVERY == 0:
-            self._packing.submit(self.repo.pack)  # seconds of git work, off the loop
+            self._in_background(self.repo.pack)  # seconds of git work
+
+    def _in_background(self, work: Callable, *args) -> None:
+        for done in [future for future in self._git_queued if future.done()]:
+            self._git_queued.remove(done)
+            done.result()  # a failure stops the search like a failed commit
+        self._git_queued.append(self._git_work.submit(work, *args))
 
     def move_island(self, island: int, commit: str) -> None:
         self.branches.move_island(island, commit)
@@ -88,7 +102,10 @@ class Recorder:
             self._exported_at = clock
 
     def close(self) -> None:
-        self._packing.shutdown(wait=True)
+        self._git_work.shutdown(wait=True)
+        for future in self._git_queued:
+            if future.exception() is not None:  # the next resume adds the missing notes
+                log.warning("a note could not be written: %s", future.exception())
         self._journal.close()
 
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from engine.experiment.records import ExperimentResult
 from engine.experiment.runner import run_experiment
-from engine.experiment.spec import GOAL_FILE, parse_goal_file
+from engine.experiment.spec import task_spec
 from engine.views.rundata import RunData
 
 Z = 2.0  # a reproduction matches when it is within Z noise sigmas of the recorded score
@@ -24,7 +24,7 @@ def reproduce(run: RunData, exp_id: str,
     an unknown id or a refused proposal (nothing to train)."""
     row = run.committed(exp_id)
     files = run.repo.files_at(row["commit"])
-    spec = parse_goal_file(files[GOAL_FILE])
+    spec = task_spec(files)
     # A reproduction against other data would compare different things: the recorded
     # fingerprint makes such a run invalid instead.
     result = runner(files, spec, row["seed"], row["budget_s"],

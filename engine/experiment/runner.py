@@ -118,6 +118,7 @@ def run_experiment(
             "AUTORESEARCH_MODEL_OUT": str(model_path),
             "AUTORESEARCH_PROGRESS_OUT": str(progress_path),
         }
+        launched_at = time.time()
         train = _supervised(
             [sys.executable, "train.py"], cwd=work, env=training_env,
             deadline_s=budget + grace, memory_limit_gb=spec.memory_limit_gb,
@@ -126,9 +127,12 @@ def run_experiment(
         )
         result.train_wall_s, result.left_behind = train["wall_s"], train["left_behind"]
         result.log_tail = _tail(Path(tmp, "train.log"))
-        losses, peak_cuda_gb = _read_progress(progress_path)
-        result.metrics.update(_stability(losses))
-        result.metrics["peak_memory_gb"] = peak_cuda_gb or train["peak_rss_gb"]
+        progress = _read_progress(progress_path)
+        result.metrics.update(_stability(progress.losses))
+        result.metrics["peak_memory_gb"] = progress.peak_cuda_gb or train["peak_rss_gb"]
+        if progress.first_step_at is not None:
+            result.startup_s = progress.first_step_at - launched_at
+        result.export_s = progress.export_s
         if train["outcome"] == "timeout":
             return _fail(result, Status.TIMEOUT, f"train.py ran past its budget plus {grace:.0f} s "
                                              "of grace and was killed")
@@ -320,8 +324,18 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _read_progress(path: Path) -> tuple[list[float], float | None]:
-    losses, peak_cuda_gb = [], None
+@dataclass
+class _ProgressFile:
+    """What train.py's progress file held once it ended."""
+
+    losses: list[float]
+    peak_cuda_gb: float | None = None  # the kit's hand-over, on a GPU
+    first_step_at: float | None = None  # wall-clock time of the first reported step
+    export_s: float | None = None  # how long the kit's hand-over took
+
+
+def _read_progress(path: Path) -> _ProgressFile:
+    found = _ProgressFile([])
     progress = _open_regular(path)
     if progress is not None:
         with progress:
@@ -333,11 +347,15 @@ def _read_progress(path: Path) -> tuple[list[float], float | None]:
                 continue
             if not isinstance(record, dict):
                 continue
-            if isinstance(record.get("loss"), (int, float)):
-                losses.append(float(record["loss"]))
-            if isinstance(record.get("peak_cuda_memory_gb"), (int, float)):
-                peak_cuda_gb = float(record["peak_cuda_memory_gb"])
-    return losses, peak_cuda_gb
+            if _is_number(record.get("loss")):
+                found.losses.append(float(record["loss"]))
+                if found.first_step_at is None and _is_number(record.get("time")):
+                    found.first_step_at = float(record["time"])
+            if _is_number(record.get("peak_cuda_memory_gb")):
+                found.peak_cuda_gb = float(record["peak_cuda_memory_gb"])
+            if _is_number(record.get("export_s")):
+                found.export_s = float(record["export_s"])
+    return found
 
 
 def _stability(losses: list[float], window: int = 10, spike_ratio: float = 1.5) -> dict:

@@ -16,7 +16,7 @@ import click
 
 from agents import AGENT_NAMES, make_agents
 from engine.cluster import ClusterUnavailable
-from engine.experiment.runner import run_experiment
+from engine.experiment.runner import run_experiment, slot_threads, thread_env
 from engine.experiment.spec import GoalFileError
 from engine.experiment.task import TaskError, init_task, load_task
 
@@ -64,8 +64,11 @@ def init(directory: str) -> None:
 @click.option("--memory-limit", type=click.FloatRange(min=0, min_open=True), metavar="GB",
               help="Kill an experiment whose processes use more memory than this, and record it "
                    "as invalid (default: the goal file's Memory constraint, if any).")
+@click.option("--grace", type=click.FloatRange(min=0), metavar="SECONDS",
+              help="Time allowed past the budget for start-up, data and the hand-over, before "
+                   "train.py is killed (default: 20 s or a fifth of the budget, if more).")
 def experiment(task_dir: str, budget: float | None, seed: int, as_json: bool,
-               memory_limit: float | None) -> None:
+               memory_limit: float | None, grace: float | None) -> None:
     """Train the task in TASK_DIR once, as it is, and print the harness's score."""
     task = load_task(task_dir)
     if memory_limit is not None:
@@ -74,7 +77,10 @@ def experiment(task_dir: str, budget: float | None, seed: int, as_json: bool,
     if not as_json:
         click.echo(f"Training {task.path} for {budget or task.spec.time_budget_s:g} s ...",
                    err=True)
-    result = run_experiment(task.files, task.spec, seed=seed, budget_s=budget)
+    # The threads a search slot gets, so that a step takes as long here as in a search.
+    threads = thread_env(slot_threads(task.spec.gpus_per_experiment))
+    result = run_experiment(task.files, task.spec, seed=seed, budget_s=budget, grace_s=grace,
+                            env=threads)
     record = result.to_dict()
     record[task.spec.objective.metric] = result.objective
     if as_json:
@@ -90,6 +96,30 @@ def experiment(task_dir: str, budget: float | None, seed: int, as_json: bool,
     click.echo(f"train_wall_s: {result.train_wall_s:.1f}")
     if result.status == "crash" and result.log_tail:
         click.echo("--- end of train.py's output ---\n" + result.log_tail)
+
+
+@main.command()
+@click.argument("task_dir", type=click.Path(file_okay=False))
+@click.option("--budget", type=click.FloatRange(min=0, min_open=True), default=5.0,
+              show_default=True, help="Training seconds of the trial run.")
+@click.option("--grace", type=click.FloatRange(min=0), metavar="SECONDS",
+              help="Grace past the budget to check against (default: what a search allows).")
+def check(task_dir: str, budget: float, grace: float | None) -> None:
+    """The task doctor: print what the engine will enforce of TASK_DIR's goal file, train its
+    train.py for a few seconds, score it, and check the harness's output against the goal file.
+    Exits 2, after one sentence per problem, when there is any."""
+    from engine.experiment.doctor import examine
+
+    task = load_task(task_dir)
+    click.echo(f"Checking {task.path} (a {budget:g} s run of train.py) ...", err=True)
+    examination = examine(task, budget, grace)
+    for line in examination.lines:
+        click.echo(line)
+    for problem in examination.problems:
+        click.echo(f"problem: {problem}")
+    if examination.problems:
+        raise SystemExit(2)
+    click.echo("no problems found")
 
 
 @main.command()
@@ -130,6 +160,9 @@ def experiment(task_dir: str, budget: float | None, seed: int, as_json: bool,
 @click.option("--memory-limit", type=click.FloatRange(min=0, min_open=True), metavar="GB",
               help="Kill an experiment whose processes use more memory than this, and record it "
                    "as invalid (default: the goal file's Memory constraint, if any).")
+@click.option("--grace", type=click.FloatRange(min=0), metavar="SECONDS",
+              help="Time allowed past the budget for start-up, data and the hand-over, before "
+                   "train.py is killed (default: 20 s or a fifth of the budget, if more).")
 @click.option("--tune-trials", type=click.IntRange(min=2), default=12, show_default=True,
               help="Optuna trials (through Ray Tune) that refine the knobs of each promoted "
                    "winner, alongside the agents.")
@@ -144,7 +177,7 @@ def search(task_dir: str, agents: int, budget: float | None, max_experiments: in
            hours: float | None, target: float | None, run_dir: str | None,
            address: str | None, gpus: int | None, agent_name: str, models: tuple[str, ...],
            max_cost: float | None, context_tokens: int | None, seed: int, noise_seeds: int,
-           confirm_seeds: int, memory_limit: float | None, tune_trials: int,
+           confirm_seeds: int, memory_limit: float | None, grace: float | None, tune_trials: int,
            tune_every: int | None, tune_share: float, no_tune: bool, quiet: bool) -> None:
     """Search TASK_DIR with a population of agents on Ray, until a stop condition or Ctrl-C."""
     from engine.cluster import start_ray
@@ -161,7 +194,7 @@ def search(task_dir: str, agents: int, budget: float | None, max_experiments: in
                             hours=hours, target=target, seed=seed, noise_seeds=noise_seeds,
                             confirm_seeds=confirm_seeds, agent=agent_name, models=models,
                             max_cost=max_cost, context_tokens=context_tokens,
-                            memory_limit_gb=memory_limit,
+                            memory_limit_gb=memory_limit, grace_s=grace,
                             tune_trials=0 if no_tune else tune_trials, tune_every=tune_every,
                             tune_share=tune_share)
     for line in task.spec.not_enforced:

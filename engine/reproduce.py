@@ -1,8 +1,9 @@
 """Re-running a recorded experiment: `autoresearch reproduce`.
 
 The experiment's commit gives its files (the run's git repository), its goal file gives the spec,
-and its row gives the seed and the training budget; the runner trains it again here, with no Ray,
-and the new score is compared with the recorded one against the noise the search measured.
+and its row gives the seed and the training budget; the runner trains it again here, with no Ray
+and with the CPU threads a search slot of this machine gets, and the new score is compared with
+the recorded one against the noise the search measured.
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from engine.experiment.records import ExperimentResult
-from engine.experiment.runner import run_experiment
-from engine.experiment.spec import GOAL_FILE, parse_goal_file
+from engine.experiment.runner import run_experiment, slot_threads, thread_env
+from engine.experiment.spec import task_spec
 from engine.views.rundata import RunData
 
 Z = 2.0  # a reproduction matches when it is within Z noise sigmas of the recorded score
@@ -24,12 +25,13 @@ def reproduce(run: RunData, exp_id: str,
     an unknown id or a refused proposal (nothing to train)."""
     row = run.committed(exp_id)
     files = run.repo.files_at(row["commit"])
-    spec = parse_goal_file(files[GOAL_FILE])
+    spec = task_spec(files)
     # A reproduction against other data would compare different things: the recorded
     # fingerprint makes such a run invalid instead.
     result = runner(files, spec, row["seed"], row["budget_s"],
                     grace_s=run.info["options"].get("grace_s"),
-                    expected_fingerprint=row["data_fingerprint"] or None)
+                    expected_fingerprint=row["data_fingerprint"] or None,
+                    env=thread_env(slot_threads(spec.gpus_per_experiment)))
     recorded = row["objective"] if row["status"] == "ok" else None
     reproduced = result.objective if result.status == "ok" else None
     matches, verdict = judge(row["status"], recorded, result.status, reproduced, run.sigma)

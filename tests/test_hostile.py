@@ -240,10 +240,10 @@ def test_a_candidate_that_rewrites_the_data_is_invalid_and_the_next_one_trains_o
         template, tmp_path):
     cache = {"AUTORESEARCH_CACHE": str(tmp_path / "cache")}
     tampering = """
-from prepare import cache_dir, prepare
-prepare()
+from prepare import harness
+harness.prepare()
 for split in ("train", "val"):
-    (cache_dir() / f"{split}.bin").write_bytes(b" " * 100_000)
+    (harness.cache_dir() / f"{split}.bin").write_bytes(b" " * 100_000)
 """ + UNIFORM_MODEL
     tampered = run_experiment(with_train(template.files, tampering), template.spec, seed=0,
                               budget_s=5, grace_s=GRACE_S, env=cache)

@@ -122,7 +122,7 @@ def test_a_model_that_sees_future_bytes_is_invalid(template):
     result = run_experiment(with_train(template.files, peeking), template.spec, seed=0,
                             budget_s=2)
     assert result.status == "invalid"
-    assert "future bytes" in result.message
+    assert "future tokens" in result.message
 
 
 def test_a_candidate_over_the_memory_limit_is_killed_and_invalid(template):
@@ -141,8 +141,8 @@ def test_a_candidate_that_rewrites_the_cached_data_is_invalid(template, tmp_path
                               capture_output=True, text=True, check=True)
     fingerprint = prepared.stdout.split('"fingerprint": "')[1].split('"')[0]
     tampering = template.files["train.py"] + """
-from prepare import cache_dir
-val = cache_dir() / "val.bin"
+from prepare import harness
+val = harness.cache_dir() / "val.bin"
 val.write_bytes(b" " * len(val.read_bytes()))
 """
     result = run_experiment(with_train(template.files, tampering), template.spec, seed=0,

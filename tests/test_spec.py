@@ -2,7 +2,7 @@
 
 import pytest
 
-from engine.experiment.spec import GoalFileError, parse_goal_file
+from engine.experiment.spec import GoalFileError, declared_metrics, parse_goal_file
 from engine.experiment.task import template_path
 
 SEED_GOAL_FILE = """\
@@ -110,3 +110,73 @@ def test_goal_files_the_engine_refuses_name_the_line(text, message):
     with pytest.raises(GoalFileError, match=message) as refused:
         parse_goal_file(text)
     assert "\n" not in str(refused.value)
+
+
+# A harness in the shape of the kit's (autoresearch/kit.py): its METRICS say what it reports.
+CLASSIFIER_METRICS = {"val_accuracy": ("validation accuracy", "classification accuracy",
+                                       "accuracy"),
+                      "val_loss": ("validation loss", "loss"), "params": "parameters"}
+LM_METRICS = {"val_loss": "validation loss", "val_perplexity": "validation perplexity",
+              "inference_chars_per_s": "inference speed", "params": "parameters"}
+
+
+def test_the_seed_goal_file_reads_validation_loss_as_the_key_the_harness_declares():
+    spec = parse_goal_file(SEED_GOAL_FILE, LM_METRICS)
+    assert spec.objective.metric == "val_loss"
+    assert spec.metrics == ("val_perplexity", "loss_spikes", "inference_chars_per_s")
+    assert spec.not_enforced == ()
+
+
+@pytest.mark.parametrize(("goal", "named"), [
+    ("Maximize validation accuracy with as few parameters as possible",
+     "'validation accuracy' (val_accuracy), 'parameters' (params)"),
+    ("Maximize classification accuracy while keeping the loss stable",
+     "'classification accuracy' (val_accuracy), 'loss' (val_loss)"),
+])
+def test_a_goal_naming_several_metrics_is_refused_naming_them(goal, named):
+    with pytest.raises(GoalFileError, match="ambiguous") as refused:
+        parse_goal_file(goal_file(goal=goal), CLASSIFIER_METRICS)
+    assert named in str(refused.value)
+
+
+def test_a_metric_word_the_harness_does_not_declare_still_makes_the_goal_ambiguous():
+    with pytest.raises(GoalFileError, match="'validation accuracy' \\(not a metric prepare.py"):
+        parse_goal_file(goal_file(goal="Maximize validation accuracy with few parameters"))
+
+
+def test_backticks_settle_an_ambiguous_goal():
+    spec = parse_goal_file(goal_file(
+        goal="Maximize `val_accuracy` with as few parameters as possible"), CLASSIFIER_METRICS)
+    assert spec.objective.metric == "val_accuracy"
+    assert spec.objective.direction == "maximize"
+
+
+def test_a_backticked_key_the_harness_does_not_declare_is_refused():
+    with pytest.raises(GoalFileError, match="line 2: `val_acc` is not a metric prepare.py"):
+        parse_goal_file(goal_file(goal="Maximize `val_acc`"), CLASSIFIER_METRICS)
+
+
+def test_backticked_metrics_are_tracked():
+    spec = parse_goal_file(goal_file(metrics="- `val_loss`\n- `inference_chars_per_s`"),
+                           LM_METRICS)
+    assert spec.metrics == ("inference_chars_per_s",)  # val_loss is the objective
+    spec = parse_goal_file(goal_file(goal="Minimize `val_perplexity`",
+                                     metrics="Track `val_loss`, `inference_chars_per_s`"),
+                           LM_METRICS)
+    assert spec.metrics == ("val_loss", "inference_chars_per_s")
+    assert spec.not_enforced == ()
+
+
+def test_a_size_limit_the_harness_cannot_measure_is_refused():
+    undeclared = {key: value for key, value in LM_METRICS.items() if key != "params"}
+    with pytest.raises(GoalFileError, match="line 4: the model size limit cannot be enforced: "
+                                            "prepare.py does not declare `params`"):
+        parse_goal_file(goal_file("- Model size: < 1M parameters"), undeclared)
+
+
+def test_a_harness_declares_its_metrics_in_a_literal_read_without_running_it():
+    source = 'import torch\nMETRICS = {"val_loss": "validation loss", "params": ("a", "b")}\n'
+    assert declared_metrics(source) == {"val_loss": ("validation loss",), "params": ("a", "b")}
+    assert declared_metrics("import torch\n") is None
+    with pytest.raises(GoalFileError, match="prepare.py line 1: METRICS must"):
+        declared_metrics("METRICS = dict(a=1)\n")

@@ -72,6 +72,8 @@ class ExperimentResult:
     budget_s: float = 0.0  # the training time budget
     train_wall_s: float = 0.0  # wall time of the training process, start-up included
     eval_wall_s: float = 0.0
+    startup_s: float | None = None  # from train.py's start to its first reported step
+    export_s: float | None = None  # the hand-over's export, where the harness reports it (kit)
     message: str = ""  # why, for any status but ok
     log_tail: str = ""  # the end of train.py's output
     left_behind: int = 0  # processes train.py left running, killed by the runner

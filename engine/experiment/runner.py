@@ -42,6 +42,11 @@ MAX_PROCESSES = 1024
 MAX_LOG_BYTES = 256 * 2**20
 READ_LIMIT_BYTES = 64 * 2**20  # of a file the candidate wrote (its progress), read by the runner
 POLL_S = 0.2  # how often the runner looks at the supervisor and at train.py's progress
+# The folder that holds this installation's packages: train.py and the harness run with it on
+# their path, so that a harness built on the kit (autoresearch/kit.py) imports the kit of the
+# engine that runs it, whatever folder they run in.
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,24 @@ ProgressCallback = Callable[[Progress], None]
 def default_grace_s(budget_s: float) -> float:
     """Time allowed past the budget for start-up, data loading and the hand-over."""
     return max(20.0, 0.2 * budget_s)
+
+
+def thread_env(threads: int) -> dict[str, str]:
+    """The variables that cap the CPU threads of train.py's numeric libraries."""
+    return {name: str(threads) for name in THREAD_VARIABLES}
+
+
+def slot_threads(gpus_per_experiment: int) -> int:
+    """The CPU threads a search slot on this machine gets (as engine/search/ray_pool.py shares
+    them out): the cores divided among the experiments that run at once, one per GPU set, or one
+    each where there is no GPU and every core is a slot. `experiment` and `reproduce` train with
+    the same, so that their steps take as long as a search's: on a busy 2-core machine a step
+    took 4.5 s with 2 threads against 0.1 s with 1."""
+    import torch  # late: only the commands that train need it
+
+    cpus, gpus = os.cpu_count() or 1, torch.cuda.device_count()
+    slots = gpus // max(gpus_per_experiment, 1) if gpus else cpus
+    return max(cpus // max(slots, 1), 1)
 
 
 def run_experiment(
@@ -95,6 +118,7 @@ def run_experiment(
             "AUTORESEARCH_MODEL_OUT": str(model_path),
             "AUTORESEARCH_PROGRESS_OUT": str(progress_path),
         }
+        launched_at = time.time()
         train = _supervised(
             [sys.executable, "train.py"], cwd=work, env=training_env,
             deadline_s=budget + grace, memory_limit_gb=spec.memory_limit_gb,
@@ -103,9 +127,12 @@ def run_experiment(
         )
         result.train_wall_s, result.left_behind = train["wall_s"], train["left_behind"]
         result.log_tail = _tail(Path(tmp, "train.log"))
-        losses, peak_cuda_gb = _read_progress(progress_path)
-        result.metrics.update(_stability(losses))
-        result.metrics["peak_memory_gb"] = peak_cuda_gb or train["peak_rss_gb"]
+        progress = _read_progress(progress_path)
+        result.metrics.update(_stability(progress.losses))
+        result.metrics["peak_memory_gb"] = progress.peak_cuda_gb or train["peak_rss_gb"]
+        if progress.first_step_at is not None:
+            result.startup_s = progress.first_step_at - launched_at
+        result.export_s = progress.export_s
         if train["outcome"] == "timeout":
             return _fail(result, Status.TIMEOUT, f"train.py ran past its budget plus {grace:.0f} s "
                                              "of grace and was killed")
@@ -153,11 +180,22 @@ def _judge(result: ExperimentResult, scored: dict, spec: Spec,
                            if isinstance(v, (int, float)) and not isinstance(v, bool)})
     result.data_fingerprint = scored.get("data_fingerprint", "")
     result.objective = result.metrics.get(spec.objective.metric)
-    if not scored.get("valid", False):
+    reported = ", ".join(scored) or "nothing"
+    if not isinstance(scored.get("valid"), bool):
+        return _fail(result, Status.CRASH,
+                     f"{HARNESS_FILE} printed a result without `valid` (true, or false with a "
+                     f"`reason`); it reported: {reported}")
+    if not scored["valid"]:
         return _fail(result, Status.INVALID,
-                     f"the harness refused the model: {scored.get('reason')}")
+                     f"the harness refused the model: {scored.get('reason') or 'no reason given'}")
     if result.objective is None:
-        return _fail(result, Status.CRASH, f"the harness reported no {spec.objective.metric}")
+        return _fail(result, Status.CRASH,
+                     f"{HARNESS_FILE} printed a result without `{spec.objective.metric}`, the "
+                     f"goal file's objective; it reported: {reported}")
+    if spec.param_limit is not None and "params" not in result.metrics:
+        return _fail(result, Status.INVALID,
+                     f"the goal file allows fewer than {spec.param_limit:,} parameters, but "
+                     f"{HARNESS_FILE} reported no `params` to check it by")
     params = int(result.metrics.get("params", 0))
     if spec.param_limit is not None and params >= spec.param_limit:
         return _fail(result, Status.INVALID, f"the model has {params:,} parameters; the goal file "
@@ -195,7 +233,7 @@ def _base_env(extra: dict[str, str] | None) -> dict[str, str]:
     """The runner's environment without anything that could redirect imports or the harness."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("AUTORESEARCH_") or k == "AUTORESEARCH_CACHE"}
-    env.pop("PYTHONPATH", None)
+    env["PYTHONPATH"] = str(PROJECT_ROOT)
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     return {**env, **(extra or {})}
@@ -286,8 +324,18 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _read_progress(path: Path) -> tuple[list[float], float | None]:
-    losses, peak_cuda_gb = [], None
+@dataclass
+class _ProgressFile:
+    """What train.py's progress file held once it ended."""
+
+    losses: list[float]
+    peak_cuda_gb: float | None = None  # the kit's hand-over, on a GPU
+    first_step_at: float | None = None  # wall-clock time of the first reported step
+    export_s: float | None = None  # how long the kit's hand-over took
+
+
+def _read_progress(path: Path) -> _ProgressFile:
+    found = _ProgressFile([])
     progress = _open_regular(path)
     if progress is not None:
         with progress:
@@ -299,11 +347,15 @@ def _read_progress(path: Path) -> tuple[list[float], float | None]:
                 continue
             if not isinstance(record, dict):
                 continue
-            if isinstance(record.get("loss"), (int, float)):
-                losses.append(float(record["loss"]))
-            if isinstance(record.get("peak_cuda_memory_gb"), (int, float)):
-                peak_cuda_gb = float(record["peak_cuda_memory_gb"])
-    return losses, peak_cuda_gb
+            if _is_number(record.get("loss")):
+                found.losses.append(float(record["loss"]))
+                if found.first_step_at is None and _is_number(record.get("time")):
+                    found.first_step_at = float(record["time"])
+            if _is_number(record.get("peak_cuda_memory_gb")):
+                found.peak_cuda_gb = float(record["peak_cuda_memory_gb"])
+            if _is_number(record.get("export_s")):
+                found.export_s = float(record["export_s"])
+    return found
 
 
 def _stability(losses: list[float], window: int = 10, spike_ratio: float = 1.5) -> dict:

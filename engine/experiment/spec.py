@@ -5,10 +5,16 @@ a direction), `# Constraints` (one `- Name: value` line each) and `# Metrics` (w
 Everything else, and every line the engine cannot enforce, stays text for the agents; the
 unenforced lines are listed when a search starts. A goal file the engine cannot trust is refused
 with a `GoalFileError` whose message is one sentence naming the line.
+
+Metrics are named by result key in backticks, or by phrase. The phrases come from the harness:
+its `METRICS` declares the keys it reports, each with the phrases that mean it, so "validation
+loss" is whatever key the task's harness says it is. A goal naming more than one metric is refused
+as ambiguous (backticks settle it), and so is a limit the harness declares no way to measure.
 """
 
 from __future__ import annotations
 
+import ast
 import math
 import re
 from collections.abc import Callable, Iterable
@@ -22,18 +28,30 @@ GOAL_FILE = "program.md"
 HARNESS_FILE = "prepare.py"
 DEFAULT_EDITABLE = ("train.py",)
 
-# What the harness measures, each with the phrases a goal file may use for it; the longest phrase
-# that matches wins, so "validation perplexity" is not read as "validation loss".
-METRIC_PHRASES = {
-    "val_bpb": ("validation bits per byte", "bits per byte", "val_bpb", "bpb",
-                "validation loss", "val loss", "loss"),
-    "val_perplexity": ("validation perplexity", "perplexity"),
+# What the engine measures of every experiment itself (engine/experiment/runner.py), with the
+# phrases a goal file may use for it.
+ENGINE_METRICS = {
     "loss_spikes": ("training stability", "stability", "loss spikes"),
-    "inference_tokens_per_s": ("inference speed", "inference throughput", "tokens per second"),
-    "peak_memory_gb": ("peak memory", "memory use", "memory"),
-    "params": ("parameter count", "model size", "parameters"),
-    "steps": ("training steps", "steps"),
+    "steps": ("training steps",),
+    "final_train_loss": ("final training loss", "training loss"),
+    "peak_memory_gb": ("peak memory", "memory use"),
 }
+# What a harness that declares no METRICS is taken to report: what the bundled harness reported
+# before harnesses declared their keys.
+UNDECLARED_HARNESS_METRICS = {
+    "val_bpb": ("validation bits per byte", "bits per byte", "bpb", "validation loss",
+                "val loss", "loss"),
+    "val_perplexity": ("validation perplexity", "perplexity"),
+    "inference_tokens_per_s": ("inference speed", "inference throughput", "tokens per second"),
+    "params": ("parameter count", "model size", "parameters"),
+}
+# Words that name a metric in a goal: one that no declared phrase covers still counts as a
+# candidate, so "maximize validation accuracy with few parameters" is refused as ambiguous
+# rather than read as "maximize parameters".
+_METRIC_NOUNS = re.compile(
+    r"(?:\b[a-z]+\s+)?\b(accuracy|loss|error|perplexity|f1|auc|precision|recall|reward|bpb|"
+    r"parameters|params|speed|throughput|latency|memory)\b")
+_KEY = re.compile(r"`([A-Za-z_][A-Za-z0-9_]*)`")
 _MINIMISE = re.compile(r"\b(minimi[sz]e|lower|reduce|decrease|smallest|lowest)\b", re.I)
 _MAXIMISE = re.compile(r"\b(maximi[sz]e|higher|increase|largest|highest)\b", re.I)
 _TIME_UNITS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600,
@@ -98,19 +116,26 @@ class Spec:
     protected_files: tuple[str, ...]  # what must stay byte for byte as it is
     not_enforced: tuple[str, ...] = field(default=())  # lines kept as text only
     text: str = ""  # the whole goal file, for the agents
+    declared_metrics: tuple[str, ...] | None = None  # the harness's METRICS; None: undeclared
 
 
-def parse_goal_file(text: str) -> Spec:
-    """Parse the text of a goal file into a `Spec`, or raise `GoalFileError`."""
+def parse_goal_file(text: str, harness_metrics: dict[str, str | tuple[str, ...]] | None = None,
+                    ) -> Spec:
+    """Parse the text of a goal file into a `Spec`, or raise `GoalFileError`.
+
+    `harness_metrics` are the result keys the task's harness declares, each with the phrases a
+    goal file may use for it (`declared_metrics`); None reads the goal as the harnesses that
+    declare nothing were read (UNDECLARED_HARNESS_METRICS)."""
+    vocabulary = _Vocabulary(harness_metrics)
     sections = _sections(text)
     goal_lines = sections.get("goal") or sections.get("objective")
     if not goal_lines or not any(line.strip() for _, line in goal_lines):
         raise GoalFileError("the goal file has no '# Goal' section saying what to optimise")
-    objective = _objective(goal_lines)
+    objective = _objective(goal_lines, vocabulary)
     constraints = _Constraints()
     for number, line in sections.get("constraints", []):
         constraints.read(number, line)
-    metrics, unknown_metrics = _metrics(sections.get("metrics", []))
+    metrics, unknown_metrics = _metrics(sections.get("metrics", []), vocabulary)
     editable = constraints.values.get("editable", DEFAULT_EDITABLE)
     protected = tuple(dict.fromkeys(
         (GOAL_FILE, HARNESS_FILE) + constraints.values.get("protected", ())
@@ -120,6 +145,11 @@ def parse_goal_file(text: str) -> Spec:
         raise GoalFileError(
             f"line {number}: {overlap[0]} cannot be editable, it is protected "
             "(the goal file and the harness always are)"
+        )
+    if "params" in constraints.values and not vocabulary.measures("params"):
+        raise GoalFileError(
+            f"line {constraints.lines['params']}: the model size limit cannot be enforced: "
+            f"{HARNESS_FILE} does not declare `params` in its METRICS"
         )
     return Spec(
         objective=objective,
@@ -132,15 +162,50 @@ def parse_goal_file(text: str) -> Spec:
         protected_files=protected,
         not_enforced=tuple(constraints.not_enforced + unknown_metrics),
         text=text,
+        declared_metrics=None if harness_metrics is None else tuple(harness_metrics),
     )
 
 
 def load_spec(task_dir: Path) -> Spec:
-    """Read and parse the goal file of a task folder."""
-    path = Path(task_dir) / GOAL_FILE
+    """Read and parse the goal file of a task folder, with the metrics its harness declares."""
+    folder = Path(task_dir)
+    path = folder / GOAL_FILE
     if not path.is_file():
         raise GoalFileError(f"{task_dir} has no {GOAL_FILE} (the goal file)")
-    return parse_goal_file(path.read_text(encoding="utf-8"))
+    harness = folder / HARNESS_FILE
+    declared = declared_metrics(harness.read_text(encoding="utf-8")) if harness.is_file() else None
+    return parse_goal_file(path.read_text(encoding="utf-8"), declared)
+
+
+def task_spec(files: dict[str, str]) -> Spec:
+    """The spec of a task given as files (a commit's): its goal file read against its harness."""
+    return parse_goal_file(files[GOAL_FILE], declared_metrics(files.get(HARNESS_FILE, "")))
+
+
+def declared_metrics(harness_source: str) -> dict[str, tuple[str, ...]] | None:
+    """The `METRICS` a harness declares: a module-level dict literal of its result keys, each with
+    a phrase (or a tuple of phrases) a goal file may use for it. Read without running the
+    harness; None when it declares none."""
+    try:
+        module = ast.parse(harness_source)
+    except SyntaxError:
+        return None
+    for node in module.body:
+        if (isinstance(node, ast.Assign) and len(node.targets) == 1
+                and isinstance(node.targets[0], ast.Name) and node.targets[0].id == "METRICS"):
+            try:
+                value = ast.literal_eval(node.value)
+            except ValueError as error:
+                raise GoalFileError(f"{HARNESS_FILE} line {node.lineno}: METRICS must be a "
+                                    "literal dict of result keys to phrases") from error
+            if not isinstance(value, dict) or not all(
+                    isinstance(key, str) and isinstance(phrases, (str, tuple))
+                    for key, phrases in value.items()):
+                raise GoalFileError(f"{HARNESS_FILE} line {node.lineno}: METRICS must map "
+                                    "result keys to a phrase or a tuple of phrases")
+            return {key: (phrases,) if isinstance(phrases, str) else tuple(phrases)
+                    for key, phrases in value.items()}
+    return None
 
 
 def _sections(text: str) -> dict[str, list[tuple[int, str]]]:
@@ -155,7 +220,48 @@ def _sections(text: str) -> dict[str, list[tuple[int, str]]]:
     return sections
 
 
-def _objective(goal_lines: list[tuple[int, str]]) -> Objective:
+class _Vocabulary:
+    """The metrics a goal file may name: the harness's declared keys and the engine's own, each
+    by its key or one of its phrases."""
+
+    def __init__(self, harness_metrics: dict[str, tuple[str, ...]] | None) -> None:
+        self.declared = harness_metrics is not None
+        harness = UNDECLARED_HARNESS_METRICS if harness_metrics is None else harness_metrics
+        self.phrases = {key: (phrases,) if isinstance(phrases, str) else tuple(phrases)
+                        for key, phrases in {**ENGINE_METRICS, **harness}.items()}
+
+    def measures(self, key: str) -> bool:
+        return key in self.phrases
+
+    def named_in(self, text: str) -> list[tuple[str, str | None]]:
+        """The metrics `text` names, in order, as (phrase, key): the longest phrase wins where
+        phrases overlap; a metric word no phrase covers comes with key None."""
+        lowered = text.lower()
+        pairs = sorted(((phrase.lower(), key) for key, phrases in self.phrases.items()
+                        for phrase in (key, *phrases)), key=lambda pair: -len(pair[0]))
+        taken: list[tuple[int, int]] = []
+        found: list[tuple[int, str, str | None]] = []
+        for phrase, key in pairs:
+            for match in re.finditer(rf"(?<![\w`]){re.escape(phrase)}(?![\w`])", lowered):
+                if not any(match.start() < end and start < match.end() for start, end in taken):
+                    taken.append(match.span())
+                    found.append((match.start(), phrase, key))
+        for match in _METRIC_NOUNS.finditer(lowered):
+            noun = match.span(1)
+            if not any(noun[0] < end and start < noun[1] for start, end in taken):
+                found.append((match.start(), match.group(0), None))
+        return [(phrase, key) for _, phrase, key in sorted(found)]
+
+    def check_key(self, key: str, number: int) -> None:
+        """Refuse a backticked key the harness does not declare (it could never be measured)."""
+        if self.declared and not self.measures(key):
+            raise GoalFileError(
+                f"line {number}: `{key}` is not a metric {HARNESS_FILE} declares or the engine "
+                f"measures (there are: {', '.join(sorted(self.phrases))})"
+            )
+
+
+def _objective(goal_lines: list[tuple[int, str]], vocabulary: _Vocabulary) -> Objective:
     text = " ".join(line.strip() for _, line in goal_lines if line.strip())
     first_line = next(number for number, line in goal_lines if line.strip())
     minimise, maximise = _MINIMISE.search(text), _MAXIMISE.search(text)
@@ -168,44 +274,49 @@ def _objective(goal_lines: list[tuple[int, str]]) -> Objective:
         raise GoalFileError(
             f"line {first_line}: the goal does not say whether to minimise or maximise"
         )
-    named = re.search(r"`([A-Za-z_][A-Za-z0-9_]*)`", text)
-    metric = named.group(1) if named else _metric_named_in(text)
-    if metric is None:
+    direction = "minimize" if minimise else "maximize"
+    named = list(dict.fromkeys(_KEY.findall(text)))
+    if len(named) > 1:
+        raise GoalFileError(f"line {first_line}: the goal names several result keys in "
+                            f"backticks ({', '.join(named)}); keep only the one to optimise")
+    if named:
+        vocabulary.check_key(named[0], first_line)
+        return Objective(named[0], direction, text)
+    candidates = list({key or phrase: (phrase, key)
+                       for phrase, key in vocabulary.named_in(_KEY.sub("", text))}.values())
+    if not candidates:
         raise GoalFileError(
             f"line {first_line}: the goal names no metric the harness measures "
             "(e.g. validation loss, or a result key in backticks)"
         )
-    return Objective(metric, "minimize" if minimise else "maximize", text)
+    if len(candidates) > 1 or candidates[0][1] is None:
+        described = ", ".join(f"'{phrase}' ({key or f'not a metric {HARNESS_FILE} declares'})"
+                              for phrase, key in candidates)
+        raise GoalFileError(f"line {first_line}: the goal's metric is ambiguous: it names "
+                            f"{described}; put the result key to optimise in backticks")
+    return Objective(candidates[0][1], direction, text)
 
 
-def _metric_named_in(text: str) -> str | None:
-    """The harness metric whose phrase appears earliest in `text` (longest phrase on ties)."""
-    lowered = text.lower()
-    found = [
-        (match.start(), -len(phrase), key)
-        for key, phrases in METRIC_PHRASES.items()
-        for phrase in phrases
-        if (match := re.search(rf"\b{re.escape(phrase)}\b", lowered))
-    ]
-    return min(found)[2] if found else None
-
-
-def _metrics(lines: list[tuple[int, str]]) -> tuple[list[str], list[str]]:
-    """Known metric keys, and the phrases the harness does not measure."""
+def _metrics(lines: list[tuple[int, str]],
+             vocabulary: _Vocabulary) -> tuple[list[str], list[str]]:
+    """The metric keys the Metrics section names (in backticks or by phrase), and the phrases
+    nobody measures."""
     known: list[str] = []
     unknown: list[str] = []
-    for _, line in lines:
+    for number, line in lines:
         line = re.sub(r"^\s*[-*]\s*", "", line).strip()
         line = re.sub(r"^(track|record|measure|report|log)\s+", "", line, flags=re.I)
         for phrase in re.split(r",|;|\band\b", line):
             phrase = phrase.strip(" .")
             if not phrase:
                 continue
-            key = _metric_named_in(phrase)
-            if key is None:
+            keys = _KEY.findall(phrase)
+            for key in keys:
+                vocabulary.check_key(key, number)
+            keys = keys or [key for _, key in vocabulary.named_in(phrase) if key is not None]
+            if not keys:
                 unknown.append(f"metric: {phrase}")
-            elif key not in known:
-                known.append(key)
+            known += [key for key in keys if key not in known]
     return known, unknown
 
 

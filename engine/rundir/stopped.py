@@ -10,7 +10,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from engine.experiment.spec import GOAL_FILE, GoalFileError, parse_goal_file
+from engine.experiment.spec import GOAL_FILE, GoalFileError, task_spec
 from engine.experiment.task import Task
 from engine.rundir.layout import RunDir
 from engine.rundir.repo import GitError
@@ -39,7 +39,7 @@ def stopped_run(run_dir: Path | str) -> tuple[Task, dict]:
         raise BrokenRunDir(f"the run's git repository in {folder} is damaged or missing: "
                            f"{error}") from error
     try:
-        spec = parse_goal_file(files[GOAL_FILE])
+        spec = task_spec(files)
     except (KeyError, GoalFileError) as error:
         raise BrokenRunDir(f"the run's first commit has no usable {GOAL_FILE}: {error}") from error
     return Task(Path(info["task"]), spec, files), info

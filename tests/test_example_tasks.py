@@ -1,0 +1,100 @@
+"""The example tasks in examples/, each built on the harness kit, as a user runs them: `check`,
+`experiment`, and a short search of the maximised one. Also the flags that shape one run."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+AUTORESEARCH = [sys.executable, "-m", "autoresearch.cli"]
+
+
+def autoresearch(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([*AUTORESEARCH, *map(str, args)], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize(("example", "objective"), [
+    ("spirals", "objective: maximize `val_accuracy`"),
+    ("charlm", "objective: minimize `val_loss`"),
+])
+def test_check_finds_no_problem_in_the_examples(example, objective):
+    checked = autoresearch("check", ROOT / "examples" / example, "--budget", "2", "--grace", "90")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert objective in checked.stdout
+    assert "a 2 s run of train.py: ok" in checked.stdout
+    assert checked.stdout.strip().endswith("no problems found")
+
+
+def test_the_charlm_example_tracks_what_the_seed_goal_file_names():
+    done = autoresearch("experiment", ROOT / "examples" / "charlm", "--budget", "2", "--grace",
+                        "90", "--json")
+    record = json.loads(done.stdout)
+    assert record["status"] == "ok", record["message"]
+    assert record["val_loss"] < 4.6  # ln(96): a uniform guess
+    for metric in ("val_perplexity", "loss_spikes", "inference_chars_per_s"):
+        assert metric in record["metrics"]
+    assert record["metrics"]["params"] < 1_000_000
+
+
+def test_check_names_a_goal_the_harness_cannot_serve_and_exits_2(tmp_path):
+    task = tmp_path / "task"
+    task.mkdir()
+    for name in ("prepare.py", "train.py"):
+        (task / name).write_text((ROOT / "examples" / "spirals" / name).read_text())
+    (task / "program.md").write_text("# Goal\nMaximize validation accuracy with as few "
+                                     "parameters as possible\n")
+    checked = autoresearch("check", task)
+    assert checked.returncode == 2
+    assert checked.stderr.strip() == (
+        "Error: line 2: the goal's metric is ambiguous: it names 'validation accuracy' "
+        "(val_accuracy), 'parameters' (params); put the result key to optimise in backticks")
+
+
+def test_experiment_gives_train_py_the_threads_of_a_search_slot(tmp_path):
+    import os
+
+    import torch
+
+    task = tmp_path / "task"
+    task.mkdir()
+    for name in ("prepare.py", "program.md"):
+        (task / name).write_text((ROOT / "examples" / "spirals" / name).read_text())
+    (task / "train.py").write_text(
+        "import os\nraise SystemExit('threads=' + os.environ.get('OMP_NUM_THREADS', 'unset'))\n")
+    cpus, gpus = os.cpu_count(), torch.cuda.device_count()
+    slot = max(cpus // gpus, 1) if gpus else 1  # as engine/search/ray_pool.py shares cores out
+    done = autoresearch("experiment", task, "--budget", "1", "--json")
+    assert json.loads(done.stdout)["message"].endswith(f"threads={slot}")
+
+
+def test_experiment_grace_is_the_time_allowed_past_the_budget(tmp_path):
+    task = tmp_path / "task"
+    task.mkdir()
+    for name in ("prepare.py", "program.md"):
+        (task / name).write_text((ROOT / "examples" / "spirals" / name).read_text())
+    (task / "train.py").write_text("import time\ntime.sleep(30)\n")
+    done = autoresearch("experiment", task, "--budget", "1", "--grace", "1", "--json")
+    record = json.loads(done.stdout)
+    assert record["status"] == "timeout"
+    assert record["message"] == "train.py ran past its budget plus 1 s of grace and was killed"
+    assert record["train_wall_s"] < 10
+
+
+def test_a_short_search_of_the_maximised_example_keeps_its_highest_accuracy(tmp_path):
+    run = tmp_path / "run"
+    searched = autoresearch("search", ROOT / "examples" / "spirals", "--gpus", "2", "--agents",
+                            "2", "--budget", "2", "--grace", "90", "--max-experiments", "4",
+                            "--noise-seeds", "2", "--no-tune", "--quiet", "--run-dir", run)
+    assert searched.returncode == 0, searched.stderr
+    assert "Leaderboard (val_accuracy, higher is better" in searched.stdout
+    assert json.loads((run / "run.json").read_text())["options"]["grace_s"] == 90
+    status = json.loads(autoresearch("status", run, "--json").stdout)
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(run / "results").to_pylist()
+    scores = [row["val_accuracy"] for row in rows if row["status"] == "ok"]
+    assert status["best"]["objective"] == max(scores) > 0.25
+    assert {"val_loss", "inference_points_per_s"} <= set(rows[0])

@@ -26,6 +26,7 @@ FACTORS = (0.5, 0.7, 0.8, 1.25, 1.4, 2.0)  # multiplicative steps of a float; th
 FRACTION_STEPS = (-0.1, -0.05, 0.05, 0.1)  # additive steps of a float in [0, 1)
 FRACTION_MAX = 0.999  # a float in [0, 1) is clamped into [0, FRACTION_MAX]
 PAIR_PROBABILITY = 0.25  # how often a proposal changes two knobs at once
+PAIR_DRAWS = 32  # draws of a new pair before listing every pair
 # How one earlier outcome scales the weight of each move it made; the weights stay within
 # WEIGHT_RANGE so that no move becomes impossible and none takes over the search completely.
 OUTCOME_FACTORS = {"improved": 3.0, "worsened": 0.8, "failed": 0.3}
@@ -130,20 +131,34 @@ class OfflineAgent:
                 # Divided by the knob's number of moves: every knob starts out equally likely.
                 weight = learned.get(_move(knob.label, knob.text, text), 1.0) / len(texts)
                 singles.append((((knob, text),), weight))
-        pairs = [(first + second, first_weight * second_weight)
-                 for (first, first_weight), (second, second_weight)
-                 in itertools.combinations(singles, 2) if first[0][0] is not second[0][0]]
         parent = _digest({path: context.files[path] for path in context.editable
                           if path in context.files})
-        plans = (pairs, singles) if self._random.random() < PAIR_PROBABILITY else (singles, pairs)
-        for candidates in plans:
-            drawn = self._draw_new(candidates, context.files, parent)
+        plans = ((self._draw_pair, self._draw_new) if self._random.random() < PAIR_PROBABILITY
+                 else (self._draw_new, self._draw_pair))
+        for draw in plans:
+            drawn = draw(singles, context.files, parent)
             if drawn is not None:
                 changes, files = drawn
                 description = ", ".join(f"{knob.label} {knob.text} -> {text}"
                                         for knob, text in changes)
                 return Proposal(description=description, files=files)
         raise RuntimeError("every change of one or two knobs of this parent was proposed already")
+
+    def _draw_pair(self, singles: list[Candidate], files: dict[str, str], parent: str
+                   ) -> tuple[tuple[Change, ...], dict[str, str]] | None:
+        """Two changes of different knobs, each drawn by its weight (so a pair's chance is the
+        product of theirs), new for this parent; None when there is none. The pairs are listed
+        in full only when PAIR_DRAWS draws found no new one: a file with 80 knobs has 100,000."""
+        weights = [weight for _, weight in singles]
+        for _ in range(PAIR_DRAWS if len(singles) > 1 else 0):
+            first, second = sorted(self._random.choices(range(len(singles)), weights, k=2))
+            (one,), (other,) = singles[first][0], singles[second][0]
+            if one[0] is not other[0] and (new := self._new((one, other), files, parent)):
+                return new  # in the files' order, as the full listing gives them
+        pairs = [(first + second, first_weight * second_weight)
+                 for (first, first_weight), (second, second_weight)
+                 in itertools.combinations(singles, 2) if first[0][0] is not second[0][0]]
+        return self._draw_new(pairs, files, parent)
 
     def _draw_new(self, candidates: list[Candidate], files: dict[str, str], parent: str
                   ) -> tuple[tuple[Change, ...], dict[str, str]] | None:
@@ -152,11 +167,17 @@ class OfflineAgent:
         options, weights = [c for c, _ in candidates], [w for _, w in candidates]
         while options:
             index = self._random.choices(range(len(options)), weights)[0]
-            changes = options.pop(index)
             weights.pop(index)
-            changed = _apply(files, changes)
-            key = (parent, _digest(changed))
-            if key not in self._proposed:
-                self._proposed.add(key)
-                return changes, changed
+            if new := self._new(options.pop(index), files, parent):
+                return new
         return None
+
+    def _new(self, changes: tuple[Change, ...], files: dict[str, str], parent: str
+             ) -> tuple[tuple[Change, ...], dict[str, str]] | None:
+        """The changes and the files they give, unless proposed for this parent before."""
+        changed = _apply(files, changes)
+        key = (parent, _digest(changed))
+        if key in self._proposed:
+            return None
+        self._proposed.add(key)
+        return changes, changed

@@ -52,19 +52,24 @@ RunFunction = Callable[..., ExperimentResult]
 
 class Search:
     """One search run. `Search(...)` starts a new one; `Search.resume(...)` reopens a stopped one.
-    `pool` makes the GPU pool when the search runs (default: the Ray cluster's)."""
+    `pool` makes the GPU pool when the search runs (default: the Ray cluster's), `proposers` the
+    agents' callers (default: a thread per island), `clock` tells the time; the search simulator
+    (benchmarks/simulate.py) gives its own, on a simulated clock."""
 
     def __init__(self, task: Task, run_dir: Path, options: SearchOptions, agents: list[Agent],
                  run: RunFunction | None = None, *, pool: Callable[[], GpuPool] | None = None,
-                 recorder: type[Recorder] = Recorder, start: str | None = None) -> None:
+                 recorder: type[Recorder] = Recorder, start: str | None = None,
+                 proposers: Callable[..., Proposers] = Proposers,
+                 clock: Callable[[], float] = time.time) -> None:
         self.task, self.options, self.agents, self._run_function = task, options, agents, run
+        self.clock, self._make_proposers = clock, proposers
         self.spec = task.spec if options.memory_limit_gb is None else dataclasses.replace(
             task.spec, memory_limit_gb=options.memory_limit_gb)
         self.run_dir = RunDir(run_dir)
         self.run_dir.create()
         self.run_name = self.run_dir.name
         self.budget_s = options.budget_s or self.spec.time_budget_s
-        self.state = Summary(started_at=time.time())
+        self.state = Summary(started_at=clock())
         if start is None:  # a new run
             repo, start = self.run_dir.create_repo(task.files, f"start: {task.path.name}",
                                                    history_from=task.path)
@@ -110,9 +115,9 @@ class Search:
         of the loop (the live view redraws from it). Returns the final state. Raises
         RunDirUnwritable, after stopping cleanly, when the run dir can no longer be written."""
         self.pool = self._make_pool()
-        self._proposers = Proposers(self.agents, self.options.seed)
+        self._proposers = self._make_proposers(self.agents, self.options.seed, self.clock)
         state = self.state
-        state.started_at = last_tick = time.time()
+        state.started_at = last_tick = self.clock()
         failure: Exception | None = None
         try:
             while not self._finished():
@@ -129,7 +134,7 @@ class Search:
                 work_from = time.monotonic()
                 for experiment, outcome in outcomes:
                     self._finish(experiment, outcome)
-                now = time.time()
+                now = self.clock()
                 state.capacity_s += slots * (now - last_tick)
                 last_tick = now
                 if self._progress() != before:  # turns that only polled are not driver work
@@ -164,7 +169,7 @@ class Search:
     def _limit(self) -> Stop | None:
         proposing = bool(self.core.queue) or bool(self._proposers and self._proposers.in_flight)
         return self.limits.reached(self.core, self.state.spent_usd,
-                                   time.time() - self.state.started_at, proposing)
+                                   self.clock() - self.state.started_at, proposing)
 
     def nothing_left(self) -> str | None:
         """Why this (resumed) search has nothing left to do under its options, or None."""
@@ -202,7 +207,7 @@ class Search:
             experiment = self.core.ask(self.pool.can_start)
             if experiment is None:
                 break
-            experiment.started_at = time.time()
+            experiment.started_at = self.clock()
             self.pool.submit(Job(experiment.files, self.spec, experiment.seed, self.budget_s,
                                  self.options.grace_s, self.core.fingerprint, threads,
                                  self._run_function), experiment, experiment.accelerator)

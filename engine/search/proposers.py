@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import random
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from engine.protocol import Agent, Proposal
@@ -26,12 +27,15 @@ class Proposed:
 
 
 class Proposers:
-    def __init__(self, agents: list[Agent], seed: int, clock=time.time) -> None:
+    def __init__(self, agents: list[Agent], seed: int, clock: Callable[[], float] = time.time,
+                 calls: Executor | None = None) -> None:
+        """`calls` runs the agents' calls (default: a thread per island; the search simulator's
+        returns each on its simulated clock)."""
         self.agents = agents
         self._clock = clock
         self._rng = random.Random(seed)
-        self._threads = ThreadPoolExecutor(max_workers=max(len(agents), 1),
-                                           thread_name_prefix="agent")
+        self._threads = calls or ThreadPoolExecutor(max_workers=max(len(agents), 1),
+                                                    thread_name_prefix="agent")
         self._calls: dict[int, tuple[Future, Member]] = {}  # island -> its call in flight
         self._failures: dict[int, int] = {}
         self._resume_at: dict[int, float] = {}

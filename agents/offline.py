@@ -18,6 +18,7 @@ import json
 import random
 import re
 from collections.abc import Sequence
+from functools import lru_cache
 
 from engine.protocol import Attempt, Proposal, ProposalContext
 from engine.tuning.knobs import Knob, find_knobs, literal, write_literals
@@ -39,14 +40,21 @@ Change = tuple[Knob, str]  # a knob and the literal it becomes
 Candidate = tuple[tuple[Change, ...], float]  # one or two changes, and how likely to draw them
 
 
-def _new_literals(knob: Knob) -> list[str]:
+@lru_cache(maxsize=4096)
+def _new_literals(knob: Knob) -> tuple[str, ...]:
     """The literals a knob may change to, each different from its current value. A power of
     two has its neighbours as alternatives (engine/tuning/knobs.py), so it stays a power of two."""
     if knob.alternatives:
-        return [literal(knob, other) for other in knob.alternatives if other != knob.value]
+        return tuple(literal(knob, other) for other in knob.alternatives if other != knob.value)
     steps = _int_steps(knob.value) if isinstance(knob.value, int) else _float_steps(knob.value)
     texts = dict.fromkeys(literal(knob, value) for value in steps)  # ordered, no duplicates
-    return [text for text in texts if float(text) != knob.value]
+    return tuple(text for text in texts if float(text) != knob.value)
+
+
+@lru_cache(maxsize=4096)
+def _moves(knob: Knob) -> tuple[tuple[str, tuple[str, str]], ...]:
+    """Each literal the knob may change to, with the move it makes."""
+    return tuple((text, _move(knob.label, knob.text, text)) for text in _new_literals(knob))
 
 
 def _int_steps(value: int) -> list[int]:
@@ -126,11 +134,10 @@ class OfflineAgent:
         learned = _learned_weights(context.history, context.direction)
         singles: list[Candidate] = []
         for knob in knobs:
-            texts = _new_literals(knob)
-            for text in texts:
+            moves = _moves(knob)
+            for text, move in moves:
                 # Divided by the knob's number of moves: every knob starts out equally likely.
-                weight = learned.get(_move(knob.label, knob.text, text), 1.0) / len(texts)
-                singles.append((((knob, text),), weight))
+                singles.append((((knob, text),), learned.get(move, 1.0) / len(moves)))
         parent = _digest({path: context.files[path] for path in context.editable
                           if path in context.files})
         plans = ((self._draw_pair, self._draw_new) if self._random.random() < PAIR_PROBABILITY

@@ -69,6 +69,16 @@ def test_versions_that_differ_in_code_have_different_hashes():
     assert train_hash("x = 1\n") != train_hash("x = 1\ny = x\n")
 
 
+def test_statements_that_share_a_line_or_a_text_are_told_apart():
+    # Each statement's dump is remembered by its text and columns: neither may stand for another.
+    assert code_hash({"a.py": "A = 1; B = 2\n"}, ("a.py",)) != code_hash(
+        {"a.py": "A = 1; B = 3\n"}, ("a.py",))
+    assert code_hash({"a.py": "A = 1; B = 2\n"}, ("a.py",)) != code_hash(
+        {"a.py": "B = 2; A = 1\n"}, ("a.py",))
+    assert code_hash({"a.py": "@d\ndef f(): pass\n"}, ("a.py",)) != code_hash(
+        {"a.py": "def f(): pass\n"}, ("a.py",))
+
+
 def test_a_file_that_does_not_parse_is_hashed_by_its_text():
     assert train_hash("def broken(:\n") != train_hash("def broken(:  # note\n")
 

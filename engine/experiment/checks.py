@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import io
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -143,15 +144,39 @@ def _code(source: str) -> _Code | None:
         tree = _normalised(source)
     except (SyntaxError, ValueError):
         return None
-    seeding = {node.id for node in _in_seeding_arguments(tree) if isinstance(node, ast.Name)}
+    # A source that names no seeder or generator needs no walk of its tree to find one.
+    seeding = ({node.id for node in _in_seeding_arguments(tree) if isinstance(node, ast.Name)}
+               if any(name in source for name in _SEEDERS | _GENERATORS) else set())
     # and the names the values of those names read (`MY_SEED = BASE + SEED`), and so on
     while grown := {node.id for statement in tree.body if _assigned_names(statement) & seeding
                     and getattr(statement, "value", None) is not None
                     for node in ast.walk(statement.value)
                     if isinstance(node, ast.Name)} - seeding:
         seeding |= grown
-    return _Code(tree, tuple(ast.dump(statement) for statement in tree.body),
-                 frozenset(_RANDOM | seeding))
+    return _Code(tree, _dumps(source, tree), frozenset(_RANDOM | seeding))
+
+
+_DUMPS: dict[tuple[str, int, int], str] = {}  # a statement's text and columns -> its dump
+_DUMPS_KEPT = 100_000
+
+
+def _dumps(source: str, tree: ast.Module) -> tuple[str, ...]:
+    """The dump of each top-level statement of `source`'s normalised tree. A child shares all
+    but a few statements with its parent, and dumping was most of the cost of admitting it, so
+    each is looked up by its lines and columns first (two statements may share a line)."""
+    if len(_DUMPS) > _DUMPS_KEPT:
+        _DUMPS.clear()
+    lines = io.StringIO(source, newline="").readlines()  # split where ast splits lines
+    dumps = []
+    for statement in tree.body:
+        decorators = getattr(statement, "decorator_list", None)
+        first = decorators[0].lineno if decorators else statement.lineno
+        key = ("".join(lines[first - 1:statement.end_lineno]), statement.col_offset,
+               statement.end_col_offset)
+        if key not in _DUMPS:
+            _DUMPS[key] = ast.dump(statement)
+        dumps.append(_DUMPS[key])
+    return tuple(dumps)
 
 
 def _touches(statement: ast.stmt, names: frozenset[str]) -> bool:

@@ -35,6 +35,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from functools import lru_cache
 
 SIGNIFICANT_DIGITS = 3  # of a float written back
 FLOAT_FACTOR = 10.0  # a positive float's default range: value / FACTOR .. value * FACTOR
@@ -131,7 +132,10 @@ def describe_tuning(old: Mapping[str, Value], new: Mapping[str, Value]) -> str:
     return "tune: " + (", ".join(changes) if changes else "no knob changed")
 
 
-def _file_knobs(path: str, source: str, *, qualify: bool) -> list[Knob]:
+@lru_cache(maxsize=256)
+def _file_knobs(path: str, source: str, *, qualify: bool) -> tuple[Knob, ...]:
+    """The knobs of one file (read once per text: the proposers and the checks of a search read
+    the same parents again and again)."""
     lines = io.StringIO(source, newline="").readlines()  # split where ast splits lines
     line_ends = list(itertools.accumulate(map(len, lines)))
 
@@ -161,7 +165,7 @@ def _file_knobs(path: str, source: str, *, qualify: bool) -> list[Knob]:
         end = offset(node.value.end_lineno, node.value.end_col_offset)
         knobs[name] = Knob(path, f"{path}:{name}" if qualify else name, start, end,
                            source[start:end], value, choices, tuned or None)
-    return list(knobs.values())
+    return tuple(knobs.values())
 
 
 def _annotation(comment: str, value: Value, where: str

@@ -223,6 +223,8 @@ class Search:
                 **columns) -> None:
         """Record the result durably, then let the core decide, then move the branches."""
         told = self.core.tell(self._record(experiment, outcome, **columns), experiment)
+        for made, parent_files in told.new_code:
+            self.recorder.commit(made, parent_files)
         self.recorder.journal(told.queued)
         for decision in told.decisions:
             if decision.kind in ("advance", "reseed"):

@@ -182,6 +182,72 @@ def test_a_candidate_the_new_baseline_has_overtaken_is_not_confirmed_again():
     assert made.baseline.commit == "big"
 
 
+def test_two_winners_found_at_once_on_different_lines_are_combined():
+    made = population()
+    start = made.baseline.files["train.py"] = "A = 1\nB = 2\nC = 3\n"
+    first = Member("first", {"train.py": start.replace("A = 1", "A = 5")}, [2.90], "first")
+    second = Member("second", {"train.py": start.replace("C = 3", "C = 7")}, [2.90], "second")
+    observe(made, 0, first)
+    observe(made, 1, second)
+    confirm(made, "first", [2.90, 2.91, 2.89], [3.00, 3.01, 2.99])
+    made.rebase_baseline("merged-first")
+    # The second beat the baseline it was confirmed against; its change and the first's stand
+    # apart: both are tested together, like any candidate.
+    decisions = confirm(made, "second", [2.90, 2.91, 2.89], [3.00, 3.01, 2.99])
+    assert kinds(decisions) == ["combine"]
+    assert decisions[0].files == {"train.py": "A = 5\nB = 2\nC = 7\n"}
+    assert decisions[0].against.commit == "merged-first"
+
+
+def test_a_winner_whose_change_overlaps_the_new_baseline_is_confirmed_again_instead():
+    made = population()
+    start = made.baseline.files["train.py"] = "A = 1\nB = 2\n"
+    first = Member("first", {"train.py": start.replace("A = 1", "A = 5")}, [2.90], "first")
+    second = Member("second", {"train.py": start.replace("A = 1", "A = 6")}, [2.80], "second")
+    observe(made, 0, first)
+    observe(made, 1, second)
+    confirm(made, "first", [2.90, 2.91, 2.89], [3.00, 3.01, 2.99])
+    made.rebase_baseline("merged-first")
+    assert kinds(confirm(made, "second", [2.80, 2.81, 2.79], [3.00, 3.01, 2.99])) == ["confirm"]
+
+
+def test_a_candidate_from_an_island_still_on_an_older_baseline_is_combined_with_the_new_one():
+    made = population()
+    start = made.baseline.files["train.py"] = "A = 1\nB = 2\nC = 3\n"
+    observe(made, 0, Member("first", {"train.py": start.replace("A = 1", "A = 5")}, [2.90],
+                            "first"))
+    confirm(made, "first", [2.90, 2.91, 2.89], [3.00, 3.01, 2.99])
+    made.rebase_baseline("merged-first")
+    # Island 1 was ahead and kept its head; a child of it, on the old code, beats the new
+    # baseline: promoting it alone would drop the first winner's change.
+    made.islands[1].head = Member("ahead", {"train.py": start}, [2.80], "ahead")
+    later = Member("later", {"train.py": start.replace("C = 3", "C = 7")}, [2.50], "later")
+    decisions = observe(made, 1, later)
+    assert kinds(decisions)[-1] == "combine"
+    assert decisions[-1].files == {"train.py": "A = 5\nB = 2\nC = 7\n"}
+
+
+def test_after_a_promotion_every_island_behind_the_new_baseline_starts_from_it_at_once():
+    made = population(islands=3)
+    observe(made, 0, child("ahead", 2.95))  # kept on island 0, but not a candidate
+    observe(made, 1, child("winner", 2.50))
+    confirm(made, "winner", [2.50, 2.51, 2.49], [3.00, 3.01, 2.99])
+    made.rebase_baseline("merged-winner")
+    decisions = made.migrate()
+    assert sorted(d.island for d in decisions if d.kind == "reseed") == [0, 1, 2]
+    assert {island.head.commit for island in made.islands} == {"merged-winner"}
+
+
+def test_an_island_ahead_of_the_new_baseline_keeps_its_head():
+    made = population(islands=2)
+    observe(made, 1, child("winner", 2.80))
+    observe(made, 0, child("better", 2.50))
+    confirm(made, "winner", [2.80, 2.81, 2.79], [3.00, 3.01, 2.99])
+    made.rebase_baseline("merged-winner")
+    assert [d.island for d in made.migrate()] == [1]
+    assert made.islands[0].head.commit == "better"
+
+
 def test_an_island_lagging_the_baseline_is_reseeded_from_it():
     made = population(reseed_after=3)
     observe(made, 1, child("winner", 2.50))  # island 1 wins; island 0 now lags

@@ -135,6 +135,47 @@ def test_crashing_and_hanging_candidates_never_stop_the_search(tmp_path):
     assert time.monotonic() - started < 240
 
 
+def test_two_winners_found_at_once_are_combined_and_islands_behind_restart_from_the_winner(
+        tmp_path):
+    """On the known landscape of benchmarks/null_experiment.py, two islands each find one real
+    improvement in the same wave, on lines five apart. One is promoted; the other beat the
+    baseline it was confirmed against, so the two changes are merged on the new baseline,
+    committed, run, confirmed and promoted in turn. A third island, which found nothing, restarts
+    from the first winner as soon as it is promoted."""
+    task = load_task(template_path())
+    start = task.files["train.py"].replace("N_EMBD = 128", "N_EMBD = 64")
+    wider = start.replace("N_EMBD = 64", "N_EMBD = 128")
+    faster = start.replace("LEARNING_RATE = 3e-3", "LEARNING_RATE = 1e-2")
+    task = dataclasses.replace(task, files={**task.files, "train.py": start})
+    # A third island finds nothing: it falls behind with the first promotion.
+    agents = [ScriptedAgent([{"train.py": wider}]), ScriptedAgent([{"train.py": faster}]),
+              ScriptedAgent([])]
+    options = SearchOptions(agents=3, budget_s=0.5, max_experiments=100, noise_seeds=3,
+                            confirm_seeds=2, surplus=0)
+    search = Search(task, tmp_path / "run", options, agents, run=null_experiment)
+
+    def stop_at_the_second_promotion():
+        if len(search.population.promotions) >= 2:
+            raise KeyboardInterrupt
+
+    search.run(on_tick=stop_at_the_second_promotion)
+    rows = {row["exp_id"]: row for row in rows_of(search)}
+    combined = [row for row in rows.values() if row["agent"] == "merge"]
+    assert len(combined) == 1
+    assert combined[0]["status"] == "ok"
+    assert re.fullmatch(r"combine e\d+ with the baseline \(e\d+\)", combined[0]["description"])
+    repo = RunRepo(search.run_dir / "repo.git")
+    merged = repo.files_at(combined[0]["commit"])["train.py"]
+    assert "N_EMBD = 128" in merged and "LEARNING_RATE = 1e-2" in merged
+    assert search.population.baseline.files["train.py"] == merged
+    assert repo.branch(branch_name(search.run_name, None)) == search.population.baseline.commit
+    # The island that found nothing went on from the first winner's code at once (it proposed
+    # on top of it), not after more results of its own lagging code.
+    first = search.population.promotions[0]
+    after = [c for c in agents[2].contexts if c.files["train.py"] == first.files["train.py"]]
+    assert after, "the island behind never worked from the promoted code"
+
+
 def test_the_search_stops_after_max_experiments(tmp_path):
     options = SearchOptions(agents=3, budget_s=0.1, max_experiments=9)
     search = Search(load_task(template_path()), tmp_path / "run", options,

@@ -49,6 +49,9 @@ class Told:
 
     decisions: list[Decision] = field(default_factory=list)
     queued: list[Experiment] = field(default_factory=list)
+    # Queued experiments of code the core made (winners combined), each with its parent's files:
+    # the caller commits them before it journals them.
+    new_code: list[tuple[Experiment, dict[str, str]]] = field(default_factory=list)
 
 
 class Evolution:
@@ -263,6 +266,10 @@ class Evolution:
                 if self.options.tune_trials:
                     self._tune_wanted = (member, island)
                 log.info("promoted %s: %s", member.exp_id, decision.reason)
+                told.decisions += self.population.migrate()
+            elif decision.kind == "combine":
+                log.info("combining %s with the baseline: %s", member.exp_id, decision.reason)
+                self._combination(member, island, decision.files, told)
             elif decision.kind == "reject_promotion":
                 log.info("not promoted %s: %s", member.exp_id, decision.reason)
             if decision.kind in ("promote", "reject_promotion") and (
@@ -272,6 +279,24 @@ class Evolution:
             told.decisions.append(decision)
         for experiment, result in released:
             self._judge_best_trial(experiment, result, told)
+
+    def _combination(self, member: Member, island: int, files: dict[str, str],
+                     told: Told) -> None:
+        """Queue the combination of `member` with the baseline as a new experiment on the
+        baseline, ahead of the agents' proposals (unless that code ran already)."""
+        baseline = self.population.baseline
+        code = code_hash(files, self.spec.editable_files)
+        if code in self.seen_code:
+            return
+        self.seen_code.add(code)
+        exp_id = self._new_id()
+        experiment = Experiment(
+            exp_id, Kind.MUTATION, island, "", baseline.commit, files,
+            f"combine {member.exp_id} with the baseline ({baseline.exp_id or 'the start'})",
+            self._fresh_seed(exp_id), "merge", code=code)
+        experiment.seed_only = changes_only_randomness(baseline.files, files)
+        told.new_code.append((experiment, baseline.files))
+        told.queued += self.enqueue(experiment, first=True)
 
     def _confirmation_runs(self, member: Member, island: int, baseline: Member, accelerator: str,
                            runs: int, controls: int) -> list[Experiment]:

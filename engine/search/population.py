@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 
 from engine.experiment.spec import Objective
 from engine.protocol import Attempt
+from engine.search.combine import combine
 from engine.search.noise import MIN_SIGMA, Noise, t_quantile
 
 HISTORY_LENGTH = 30  # attempts an agent sees of its island
@@ -96,6 +97,7 @@ class Island:
 
     index: int
     head: Member
+    base: Member  # the baseline its members descend from: where it started, or was reseeded
     archive: list[Member] = field(default_factory=list)
     stale: int = 0  # results since the head last advanced
     history: deque[Attempt] = field(default_factory=lambda: deque(maxlen=HISTORY_LENGTH))
@@ -105,7 +107,8 @@ class Island:
 class Decision:
     """What the driver must do after a result; the population has already updated itself."""
 
-    kind: str  # "keep", "advance", "discard", "confirm", "promote", "reject_promotion", "reseed"
+    kind: str  # "keep", "advance", "discard", "confirm", "promote", "reject_promotion", "reseed",
+    # "combine"
     island: int | None = None
     member: Member | None = None  # the commit concerned
     # For "confirm": how many fresh-seed runs of the candidate to queue, each beside a control run
@@ -114,6 +117,7 @@ class Decision:
     against: Member | None = None
     accelerator: str = CPU
     reason: str = ""
+    files: dict[str, str] | None = None  # for "combine": the candidate's changes on the baseline
 
 
 @dataclass
@@ -121,6 +125,7 @@ class _Confirmation:
     member: Member
     island: int
     against: Member  # the baseline its control runs run
+    base: Member  # the baseline its island's code descends from
     accelerator: str  # the GPU model its runs are pinned to
     generation: int  # how many promotions there had been when it was queued
     runs_due: int  # runs of the candidate still to come
@@ -140,7 +145,7 @@ class Population:
         self.noise_runs: list[float] = []
         self.noise = Noise()
         self._noise_groups: dict[str, list[float]] = {}  # the noise runs by type, pooled on end
-        self.islands = [Island(k, self.baseline) for k in range(islands)]
+        self.islands = [Island(k, self.baseline, self.baseline) for k in range(islands)]
         self.alpha, self.confirm_seeds, self.reseed_after, self.explore = (
             alpha, confirm_seeds, reseed_after, explore)
         self.kept: set[str] = set()  # exp ids that advanced or joined an island
@@ -249,6 +254,13 @@ class Population:
         advantage, margin = self._screened(child.runs[-1:], accelerator)
         if advantage <= margin:
             return []
+        base = self.islands[island].base
+        if base.commit != self.baseline.commit:
+            combined = self._combination(island, child, base, (
+                f"one run beats the baseline by {advantage:.4g} (screen {margin:.4g}), but its "
+                f"island's code descends from an older baseline"))
+            if combined is not None:
+                return [combined]
         reason = (f"{because}; " if because else "") + (
             f"one run beats the baseline by {advantage:.4g} (screen {margin:.4g}): confirming on "
             f"{self.confirm_seeds} fresh seeds beside {self.confirm_seeds} control runs")
@@ -264,8 +276,8 @@ class Population:
     def _confirm(self, island: int, member: Member, accelerator: str,
                  reason: str) -> Decision:
         self._confirming[member.commit] = _Confirmation(
-            member, island, self.baseline, accelerator, len(self.promotions), self.confirm_seeds,
-            self.confirm_seeds)
+            member, island, self.baseline, self.islands[island].base, accelerator,
+            len(self.promotions), self.confirm_seeds, self.confirm_seeds)
         return Decision("confirm", island, member, self.confirm_seeds, self.baseline,
                         accelerator, reason)
 
@@ -281,6 +293,9 @@ class Population:
         member.runs = [v for v, _ in pending.runs]
         member.accelerators = [a for _, a in pending.runs]
         if pending.generation != len(self.promotions):
+            combined = self._combined(pending)
+            if combined is not None:
+                return [combined]
             accelerator = member.accelerators[-1]
             advantage, margin = self._screened(member.runs_on(accelerator), accelerator)
             if advantage <= margin:
@@ -301,6 +316,40 @@ class Population:
             self.promotions.append(member)
             return [Decision("promote", island, member, reason=summary)]
         return [Decision("reject_promotion", island, member, reason=summary)]
+
+    def _combined(self, pending: _Confirmation) -> Decision | None:
+        """For a candidate that beat the baseline it was confirmed against, which another winner
+        replaced meanwhile: its changes on top of the new baseline, when they do not overlap."""
+        won, summary = self._test(pending)
+        return self._combination(pending.island, pending.member, pending.base, (
+            f"it beat the baseline it was confirmed against ({summary}), which "
+            f"{self.baseline.exp_id} replaced meanwhile")) if won else None
+
+    def _combination(self, island: int, member: Member, base: Member,
+                     why: str) -> Decision | None:
+        """`member`'s changes since `base` on top of the baseline, as a candidate to run: it
+        keeps the gains of both, where promoting `member` alone would drop the baseline's. None
+        when they overlap, or one holds the other."""
+        files = combine(base.files, self.baseline.files, member.files)
+        if files is None or files in (self.baseline.files, member.files):
+            return None
+        return Decision("combine", island, member, against=self.baseline, files=files,
+                        reason=f"{why}: its changes on the baseline are tested like any candidate")
+
+    def migrate(self) -> list[Decision]:
+        """After a promotion: every island whose head is not ahead of the new baseline starts
+        from it at once, rather than spending more results on code the baseline has passed (at
+        64 GPUs, waiting for `reseed_after` results of an island took half an hour)."""
+        decisions = []
+        for island in self.islands:
+            if island.head is not self.baseline and not (
+                    island.head.runs and self._better(island.head.objective,
+                                                      self.baseline.objective)):
+                island.head = island.base = self.baseline
+                island.archive, island.stale = [], 0
+                decisions.append(Decision("reseed", island.index, self.baseline,
+                                          reason="the baseline moved past it"))
+        return decisions
 
     def _test(self, pending: _Confirmation) -> tuple[bool, str]:
         """Whether the candidate's runs beat the control runs beyond the noise: a one-sided
@@ -340,7 +389,7 @@ class Population:
             island.head.runs and self.baseline.runs) else False
         if lagging and island.stale >= self.reseed_after and (
                 island.head is not self.baseline):
-            island.head = self.baseline
+            island.head = island.base = self.baseline
             island.archive, island.stale = [], 0
             decisions.append(Decision("reseed", island.index, island.head,
                                       reason="lagged the baseline"))

@@ -71,17 +71,21 @@ def thread_env(threads: int) -> dict[str, str]:
     return {name: str(threads) for name in THREAD_VARIABLES}
 
 
+def threads_per_slot(cpus: int, slots: int) -> int:
+    """The CPU threads each experiment gets: the cores divided among the experiments that run at
+    once (engine/search/ray_pool.py shares a cluster's out so)."""
+    return max(cpus // max(slots, 1), 1)
+
+
 def slot_threads(gpus_per_experiment: int) -> int:
-    """The CPU threads a search slot on this machine gets (as engine/search/ray_pool.py shares
-    them out): the cores divided among the experiments that run at once, one per GPU set, or one
-    each where there is no GPU and every core is a slot. `experiment` and `reproduce` train with
-    the same, so that their steps take as long as a search's: on a busy 2-core machine a step
-    took 4.5 s with 2 threads against 0.1 s with 1."""
+    """The CPU threads a search slot on this machine gets: one slot per GPU set, or one per core
+    where there is no GPU. `experiment` and `reproduce` train with the same, so that their steps
+    take as long as a search's: on a busy 2-core machine a step took 4.5 s with 2 threads
+    against 0.1 s with 1."""
     import torch  # late: only the commands that train need it
 
     cpus, gpus = os.cpu_count() or 1, torch.cuda.device_count()
-    slots = gpus // max(gpus_per_experiment, 1) if gpus else cpus
-    return max(cpus // max(slots, 1), 1)
+    return threads_per_slot(cpus, gpus // max(gpus_per_experiment, 1) if gpus else cpus)
 
 
 def run_experiment(

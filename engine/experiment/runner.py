@@ -30,6 +30,7 @@ from typing import BinaryIO
 
 import psutil
 
+from engine.experiment import environment
 from engine.experiment.records import ExperimentResult, Status
 from engine.experiment.spec import HARNESS_FILE, Spec
 
@@ -117,10 +118,10 @@ def run_experiment(
         model_path, progress_path = work / "model.pt2", work / "progress.jsonl"
         training_env = {
             **_base_env(env),
-            "AUTORESEARCH_BUDGET_S": repr(budget),
-            "AUTORESEARCH_SEED": str(seed),
-            "AUTORESEARCH_MODEL_OUT": str(model_path),
-            "AUTORESEARCH_PROGRESS_OUT": str(progress_path),
+            environment.BUDGET_S: repr(budget),
+            environment.SEED: str(seed),
+            environment.MODEL_OUT: str(model_path),
+            environment.PROGRESS_OUT: str(progress_path),
         }
         launched_at = time.time()
         train = _supervised(
@@ -236,7 +237,7 @@ def _remove(path: Path) -> None:
 def _base_env(extra: dict[str, str] | None) -> dict[str, str]:
     """The runner's environment without anything that could redirect imports or the harness."""
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith("AUTORESEARCH_") or k == "AUTORESEARCH_CACHE"}
+           if not k.startswith(environment.PREFIX) or k == environment.CACHE}
     env["PYTHONPATH"] = str(PROJECT_ROOT)
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONDONTWRITEBYTECODE"] = "1"

@@ -57,7 +57,7 @@ def test_status_shows_the_best_head_and_the_chain_of_changes_that_led_to_it():
              {"exp_id": "e00007", "commit": "c7", "runs": [2.4], "children": 0})
     summary = summarise(hand_written(story(), kept=("e00003", "e00007"), islands=heads))
     assert summary["best"] == {"exp_id": "e00007", "objective": 2.4, "runs": 1,
-                               "description": "change 7"}
+                               "description": "change 7", "metrics": {}}
     assert [step["exp_id"] for step in summary["lineage"]] == ["", "e00003", "e00007"]
     assert summary["islands"] == [
         {"index": 0, "head": "e00003", "objective": 2.5, "stale": 0},

@@ -29,11 +29,14 @@ from pathlib import Path
 
 import torch
 
+# The names of the variables the engine sets: of the engine, the kit loads no more than them.
+from engine.experiment import environment
+
 # Set by the engine for each experiment; the defaults let `python train.py` run by hand.
-TIME_BUDGET = float(os.environ.get("AUTORESEARCH_BUDGET_S", "300"))  # seconds of training
-SEED = int(os.environ.get("AUTORESEARCH_SEED", "0"))
-_MODEL_OUT = os.environ.get("AUTORESEARCH_MODEL_OUT", "model.pt2")
-_PROGRESS_OUT = os.environ.get("AUTORESEARCH_PROGRESS_OUT", "progress.jsonl")
+TIME_BUDGET = float(os.environ.get(environment.BUDGET_S, "300"))  # seconds of training
+SEED = int(os.environ.get(environment.SEED, "0"))
+_MODEL_OUT = os.environ.get(environment.MODEL_OUT, "model.pt2")
+_PROGRESS_OUT = os.environ.get(environment.PROGRESS_OUT, "progress.jsonl")
 
 Data = dict[str, torch.Tensor]  # split name -> tensor
 
@@ -72,7 +75,7 @@ class Harness:
 
     def cache_dir(self) -> Path:
         """Where this machine keeps the data (`AUTORESEARCH_CACHE` overrides the default)."""
-        base = os.environ.get("AUTORESEARCH_CACHE") or Path.home() / ".cache" / "autoresearch"
+        base = os.environ.get(environment.CACHE) or Path.home() / ".cache" / "autoresearch"
         return Path(base) / "kit" / self.name
 
     def prepare(self) -> dict:

@@ -44,8 +44,10 @@ def story() -> list[dict]:
 
 def hand_written(rows: list[dict], *, kept: tuple[str, ...] = (), promoted: tuple[str, ...] = (),
                  islands: tuple[dict, ...] = (), sigma: float | None = 0.01,
-                 direction: str = "minimize", path: Path = Path("no-such-run")) -> RunData:
-    """A run dir as `load_run` would read it, from rows and population facts given here."""
+                 direction: str = "minimize", tracked: tuple[str, ...] = (),
+                 path: Path = Path("no-such-run")) -> RunData:
+    """A run dir as `load_run` would read it, from rows and population facts given here;
+    `tracked` are the metrics its goal file tracks."""
     info = {"run": "run", "task": "task", "created": T0,
             "objective": {"metric": "val_bpb", "direction": direction, "text": "Minimise it."},
             "options": {"grace_s": None}, "budget_s": 1.0}
@@ -56,7 +58,7 @@ def hand_written(rows: list[dict], *, kept: tuple[str, ...] = (), promoted: tupl
         "baseline": {"exp_id": "", "commit": "c0", "runs": [3.0], "children": 0},
         "islands": [{"head": head, "stale": 0, "archive": []} for head in islands],
     }
-    return RunData(path, info, population, rows)
+    return RunData(path, info, population, rows, tracked)
 
 
 def better_learning_rate(files: dict[str, str]) -> dict[str, str]:

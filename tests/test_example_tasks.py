@@ -2,11 +2,15 @@
 `experiment`, and a short search of the maximised one. Also the flags that shape one run."""
 
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 AUTORESEARCH = [sys.executable, "-m", "autoresearch.cli"]
@@ -53,11 +57,7 @@ def test_check_names_a_goal_the_harness_cannot_serve_and_exits_2(tmp_path):
         "(val_accuracy), 'parameters' (params); put the result key to optimise in backticks")
 
 
-def test_experiment_gives_train_py_the_threads_of_a_search_slot(tmp_path):
-    import os
-
-    import torch
-
+def test_experiment_gives_train_py_the_threads_of_a_search_slot(tmp_path, monkeypatch):
     task = tmp_path / "task"
     task.mkdir()
     for name in ("prepare.py", "program.md"):
@@ -66,6 +66,7 @@ def test_experiment_gives_train_py_the_threads_of_a_search_slot(tmp_path):
         "import os\nraise SystemExit('threads=' + os.environ.get('OMP_NUM_THREADS', 'unset'))\n")
     cpus, gpus = os.cpu_count(), torch.cuda.device_count()
     slot = max(cpus // gpus, 1) if gpus else 1  # as engine/search/ray_pool.py shares cores out
+    monkeypatch.setenv("OMP_NUM_THREADS", str(slot + 1))  # the user's shell does not count
     done = autoresearch("experiment", task, "--budget", "1", "--json")
     assert json.loads(done.stdout)["message"].endswith(f"threads={slot}")
 
@@ -83,18 +84,38 @@ def test_experiment_grace_is_the_time_allowed_past_the_budget(tmp_path):
     assert record["train_wall_s"] < 10
 
 
-def test_a_short_search_of_the_maximised_example_keeps_its_highest_accuracy(tmp_path):
-    run = tmp_path / "run"
+@pytest.fixture(scope="module")
+def spirals_search(tmp_path_factory) -> tuple[Path, str]:
+    """A short search of the maximised example: its run dir and what `search` printed."""
+    run = tmp_path_factory.mktemp("spirals") / "run"
     searched = autoresearch("search", ROOT / "examples" / "spirals", "--gpus", "2", "--agents",
                             "2", "--budget", "2", "--grace", "90", "--max-experiments", "4",
                             "--noise-seeds", "2", "--no-tune", "--quiet", "--run-dir", run)
     assert searched.returncode == 0, searched.stderr
-    assert "Leaderboard (val_accuracy, higher is better" in searched.stdout
+    return run, searched.stdout
+
+
+def test_a_short_search_of_the_maximised_example_keeps_its_highest_accuracy(spirals_search):
+    run, printed = spirals_search
+    assert "Leaderboard (val_accuracy, higher is better" in printed
     assert json.loads((run / "run.json").read_text())["options"]["grace_s"] == 90
     status = json.loads(autoresearch("status", run, "--json").stdout)
-    import pyarrow.parquet as pq
-
     rows = pq.read_table(run / "results").to_pylist()
     scores = [row["val_accuracy"] for row in rows if row["status"] == "ok"]
     assert status["best"]["objective"] == max(scores) > 0.25
     assert {"val_loss", "inference_points_per_s"} <= set(rows[0])
+
+
+def test_the_search_status_and_report_show_what_the_goal_file_tracks(spirals_search):
+    # The goal file: "Track validation loss, inference speed".
+    run, printed = spirals_search
+    lines = printed.splitlines()
+    header = lines[next(k for k, line in enumerate(lines) if line.startswith("Leaderboard")) + 1]
+    assert header.endswith("val_accuracy    val_loss  inference_points_per_s  description")
+    best = json.loads(autoresearch("status", run, "--json").stdout)["best"]
+    assert list(best["metrics"]) == ["val_loss", "inference_points_per_s"]
+    assert best["metrics"]["val_loss"] > 0 and best["metrics"]["inference_points_per_s"] > 0
+    tracked = autoresearch("status", run).stdout.splitlines()[2]
+    assert re.fullmatch(r"  tracked: val_loss [\d.]+ · inference_points_per_s [\d.,]+", tracked)
+    assert autoresearch("report", run).returncode == 0
+    assert tracked in (run / "report.html").read_text()

@@ -3,6 +3,8 @@ gets when it leaves one out. The harnesses here are small prepare.py files that 
 line, as a hand-written harness might; the candidate only hands over a model file."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -95,3 +97,14 @@ def test_a_refusal_without_a_reason_says_none_was_given(tmp_path):
     assert result.status == "invalid"
     assert result.message == "the harness refused the model: no reason given"
     assert json.dumps(result.to_dict())
+
+
+def test_the_kit_loads_nothing_of_the_engine_but_the_names_of_its_variables():
+    # Every train.py and every scoring process imports the kit: the engine's own dependencies
+    # (Ray, Arrow, the search) would only slow their start-up, which counts against the grace.
+    shown = subprocess.run(
+        [sys.executable, "-c", "import sys, autoresearch.kit\nprint(' '.join(sorted("
+         "m for m in sys.modules if m.split('.')[0] in ('engine', 'ray', 'pyarrow'))))"],
+        capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.split() == ["engine", "engine.experiment", "engine.experiment.environment"]

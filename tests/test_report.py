@@ -14,6 +14,7 @@ import pytest
 from matplotlib.image import imread
 
 from engine.views.plots import colour, progress, usage
+from engine.views.report import leaderboard
 from engine.views.rundata import load_run
 from tests.run_dirs import T0, hand_written, null_search, row, story
 
@@ -69,6 +70,16 @@ def test_cost_and_utilisation_over_time_add_up():
     assert shown.cost_usd == [1.0, 3.0]
 
 
+def test_the_leaderboard_shows_each_tracked_metric_of_a_change_beside_its_score():
+    rows = [*story()[:2], row(3, objective=2.5, val_perplexity=6.1, loss_spikes=2.0),
+            row(7, island=1, objective=2.4, parent="c3", val_perplexity=5.2)]
+    board = leaderboard(hand_written(rows, tracked=("val_perplexity", "loss_spikes")))
+    assert board.splitlines()[1:4] == [
+        "rank  exp      island     val_bpb  val_perplexity  loss_spikes  description",
+        "   1  e00007        1    2.400000          5.2000            -  change 7",
+        "   2  e00003        0    2.500000          6.1000            2  change 3"]
+
+
 @pytest.fixture(scope="module")
 def reported(ray_local, tmp_path_factory):
     """A finished null search with its report written by the command."""
@@ -96,6 +107,13 @@ def test_the_page_holds_the_leaderboard_the_lineage_each_winners_diff_and_the_go
     assert '<span class="add">+LEARNING_RATE = 0.01</span>' in page
     assert "promotion 1</span>" in page
     assert "# Goal\nMinimize validation bits per byte" in page
+
+
+def test_the_pages_leaderboard_has_a_column_for_each_metric_the_goal_file_tracks(reported):
+    page = (reported.run_dir / "report.html").read_text()
+    header = page[page.index('<table id="leaderboard">'):].split("</tr>")[0]
+    assert ("<th>val_bpb</th><th>val_perplexity</th><th>loss_spikes</th>"
+            "<th>inference_tokens_per_s</th>") in header
 
 
 def test_the_page_needs_nothing_but_itself(reported):

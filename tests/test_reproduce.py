@@ -2,12 +2,16 @@
 budget, and judged against the noise the search measured."""
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 
 import pytest
+import torch
 
 from agents import make_agents
+from benchmarks.null_experiment import null_experiment
 from engine.driver import Search, SearchOptions
 from engine.experiment.task import load_task, template_path
 from engine.reproduce import format_reproduction, judge
@@ -73,3 +77,23 @@ def test_reproduce_prints_both_scores_the_difference_the_noise_and_the_verdict()
         "difference: +0.010000 (noise σ 0.020000)",
         "verdict:    matches within the noise (|difference| <= 2σ = 0.040000)",
     ]
+
+
+def test_reproduce_gives_train_py_the_threads_of_a_search_slot(ray_local, tmp_path, monkeypatch):
+    task = tmp_path / "task"
+    shutil.copytree(template_path(), task)
+    (task / "train.py").write_text(
+        "import os\nraise SystemExit('threads=' + os.environ.get('OMP_NUM_THREADS', 'unset'))\n")
+    # The null experiment scores the code without running it: a run whose train.py only tells
+    # the threads it was given has rows to reproduce.
+    options = SearchOptions(agents=1, budget_s=0.05, max_experiments=2, noise_seeds=2)
+    search = Search(load_task(task), tmp_path / "run", options, make_agents("offline", 1, 0),
+                    run=null_experiment)
+    search.run()
+    cpus, gpus = os.cpu_count(), torch.cuda.device_count()
+    slot = max(cpus // gpus, 1) if gpus else 1  # as engine/search/ray_pool.py shares cores out
+    monkeypatch.setenv("OMP_NUM_THREADS", str(slot + 1))  # the user's shell does not count
+    done = subprocess.run([*AUTORESEARCH, "reproduce", str(search.run_dir), "e00001", "--json"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["reproduced"]["message"].endswith(f"threads={slot}")

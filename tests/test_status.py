@@ -2,6 +2,7 @@
 changed, read from the run dir alone."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -56,7 +57,7 @@ def test_status_shows_the_best_head_and_the_chain_of_changes_that_led_to_it():
              {"exp_id": "e00007", "commit": "c7", "runs": [2.4], "children": 0})
     summary = summarise(hand_written(story(), kept=("e00003", "e00007"), islands=heads))
     assert summary["best"] == {"exp_id": "e00007", "objective": 2.4, "runs": 1,
-                               "description": "change 7"}
+                               "description": "change 7", "metrics": {}}
     assert [step["exp_id"] for step in summary["lineage"]] == ["", "e00003", "e00007"]
     assert summary["islands"] == [
         {"index": 0, "head": "e00003", "objective": 2.5, "stale": 0},
@@ -64,6 +65,24 @@ def test_status_shows_the_best_head_and_the_chain_of_changes_that_led_to_it():
     text = format_status(summary, now=T0 + 60)
     assert "best: val_bpb 2.400000 (e00007: change 7)" in text
     assert "keep rate -" not in text and "island 1: head e00007 2.4000" in text
+
+
+def test_status_shows_the_goal_files_tracked_metrics_of_the_best_as_means_over_its_runs():
+    rows = [*story()[:6],
+            row(7, island=1, objective=2.4, parent="c3", val_perplexity=5.2, loss_spikes=0.0,
+                inference_tokens_per_s=12_000.0),
+            row(8, kind="confirm", island=1, commit="c7", parent="c7", objective=2.5,
+                val_perplexity=5.6, loss_spikes=1.0, description="confirm e00007")]
+    heads = ({"exp_id": "e00007", "commit": "c7", "runs": [2.4, 2.5], "children": 0},)
+    run = hand_written(rows, islands=heads,
+                       tracked=("val_perplexity", "loss_spikes", "inference_tokens_per_s"))
+    summary = summarise(run)
+    assert summary["best"]["metrics"] == {"val_perplexity": pytest.approx(5.4),
+                                          "loss_spikes": 0.5, "inference_tokens_per_s": 12_000}
+    lines = format_status(summary, now=T0 + 60).splitlines()
+    assert lines[1:3] == [
+        "best: val_bpb 2.450000, mean of 2 runs (e00007: change 7)",
+        "  tracked: val_perplexity 5.4000 · loss_spikes 0.5000 · inference_tokens_per_s 12,000"]
 
 
 def test_a_change_built_on_a_promotion_traces_its_lineage_through_the_winner(tmp_path):
@@ -109,6 +128,25 @@ def test_status_prints_a_few_lines_a_person_reads(searched):
     for words in ("lineage:", "island 1: head", f"experiments: {trained_here} trained", "keep rate",
                   "experiments/h", "GPU utilisation", "cost $0.00"):
         assert words in shown.stdout
+
+
+def test_status_names_each_metric_the_goal_file_tracks_even_where_no_run_measured_it(searched):
+    # The bundled goal file tracks "validation perplexity, training stability, inference
+    # speed"; the null experiment measures none of them.
+    summary = json.loads(autoresearch("status", searched.run_dir, "--json").stdout)
+    assert summary["best"]["metrics"] == {"val_perplexity": None, "loss_spikes": None,
+                                          "inference_tokens_per_s": None}
+    shown = autoresearch("status", searched.run_dir).stdout.splitlines()
+    assert shown[2] == "  tracked: val_perplexity - · loss_spikes - · inference_tokens_per_s -"
+
+
+def test_status_of_a_run_dir_whose_repository_is_gone_shows_what_it_can(searched, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(searched.run_dir, copy, ignore=shutil.ignore_patterns("repo.git"))
+    shown = autoresearch("status", copy)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.splitlines()[1].startswith("best: val_bpb ")
+    assert "tracked:" not in shown.stdout
 
 
 def test_status_reads_the_run_dir_while_the_search_writes_it(ray_local, tmp_path):

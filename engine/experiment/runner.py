@@ -30,6 +30,7 @@ from typing import BinaryIO
 
 import psutil
 
+from engine.experiment import environment
 from engine.experiment.records import ExperimentResult, Status
 from engine.experiment.spec import HARNESS_FILE, Spec
 
@@ -71,17 +72,21 @@ def thread_env(threads: int) -> dict[str, str]:
     return {name: str(threads) for name in THREAD_VARIABLES}
 
 
+def threads_per_slot(cpus: int, slots: int) -> int:
+    """The CPU threads each experiment gets: the cores divided among the experiments that run at
+    once (engine/search/ray_pool.py shares a cluster's out so)."""
+    return max(cpus // max(slots, 1), 1)
+
+
 def slot_threads(gpus_per_experiment: int) -> int:
-    """The CPU threads a search slot on this machine gets (as engine/search/ray_pool.py shares
-    them out): the cores divided among the experiments that run at once, one per GPU set, or one
-    each where there is no GPU and every core is a slot. `experiment` and `reproduce` train with
-    the same, so that their steps take as long as a search's: on a busy 2-core machine a step
-    took 4.5 s with 2 threads against 0.1 s with 1."""
+    """The CPU threads a search slot on this machine gets: one slot per GPU set, or one per core
+    where there is no GPU. `experiment` and `reproduce` train with the same, so that their steps
+    take as long as a search's: on a busy 2-core machine a step took 4.5 s with 2 threads
+    against 0.1 s with 1."""
     import torch  # late: only the commands that train need it
 
     cpus, gpus = os.cpu_count() or 1, torch.cuda.device_count()
-    slots = gpus // max(gpus_per_experiment, 1) if gpus else cpus
-    return max(cpus // max(slots, 1), 1)
+    return threads_per_slot(cpus, gpus // max(gpus_per_experiment, 1) if gpus else cpus)
 
 
 def run_experiment(
@@ -113,10 +118,10 @@ def run_experiment(
         model_path, progress_path = work / "model.pt2", work / "progress.jsonl"
         training_env = {
             **_base_env(env),
-            "AUTORESEARCH_BUDGET_S": repr(budget),
-            "AUTORESEARCH_SEED": str(seed),
-            "AUTORESEARCH_MODEL_OUT": str(model_path),
-            "AUTORESEARCH_PROGRESS_OUT": str(progress_path),
+            environment.BUDGET_S: repr(budget),
+            environment.SEED: str(seed),
+            environment.MODEL_OUT: str(model_path),
+            environment.PROGRESS_OUT: str(progress_path),
         }
         launched_at = time.time()
         train = _supervised(
@@ -232,7 +237,7 @@ def _remove(path: Path) -> None:
 def _base_env(extra: dict[str, str] | None) -> dict[str, str]:
     """The runner's environment without anything that could redirect imports or the harness."""
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith("AUTORESEARCH_") or k == "AUTORESEARCH_CACHE"}
+           if not k.startswith(environment.PREFIX) or k == environment.CACHE}
     env["PYTHONPATH"] = str(PROJECT_ROOT)
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONDONTWRITEBYTECODE"] = "1"

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import ray
 
 from engine.experiment.records import ExperimentResult, Job, Outcome
-from engine.experiment.runner import run_experiment
+from engine.experiment.runner import run_experiment, thread_env, threads_per_slot
 
 REFRESH_S = 1.0  # how often the cluster's resources are read
 NODE_ID_SHOWN = 8  # hex digits of the Ray node id in a result's `node`
@@ -33,10 +33,8 @@ def run_job(job: Job, run: RunFunction | None = None) -> Outcome:
     directly in a test). `run` replaces the job's own run function (a knob trial's reporter)."""
     run = run or job.run or run_experiment
     started = time.time()
-    thread_env = {name: str(job.threads) for name in
-                  ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
     result = run(job.files, job.spec, job.seed, job.budget_s, grace_s=job.grace_s,
-                 expected_fingerprint=job.expected_fingerprint, env=thread_env)
+                 expected_fingerprint=job.expected_fingerprint, env=thread_env(job.threads))
     in_ray = ray.is_initialized()
     gpus = ray.get_gpu_ids() if in_ray else []
     # Ray nodes on one machine (and containers) can share a hostname; the node id tells them apart.
@@ -90,7 +88,7 @@ class RayPool:
         else:
             self._options = {"num_gpus": 0, "num_cpus": 1}
             slots = cpus
-        self._capacity = (slots, max(cpus // max(slots, 1), 1))
+        self._capacity = (slots, threads_per_slot(cpus, slots))
         self._slots_of = {}
         for node in ray.nodes():
             model = node.get("Labels", {}).get(ACCELERATOR_LABEL)

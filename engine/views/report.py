@@ -16,7 +16,7 @@ from pathlib import Path
 from engine.experiment.spec import GOAL_FILE
 from engine.views.plots import draw_progress, draw_usage, progress, usage
 from engine.views.rundata import RunData, promotion_tree
-from engine.views.status import format_status, summarise
+from engine.views.status import format_metric, format_status, summarise
 
 TOP = 10
 REPORT_TOP = 25
@@ -40,7 +40,8 @@ ul.tree, ul.tree ul { list-style: none; padding-left: 1.4em; border-left: 1px do
 
 
 def leaderboard(run: RunData, top: int = TOP) -> str:
-    """The best scored experiments of a run, and the gain over the starting code."""
+    """The best scored experiments of a run with the goal file's tracked metrics, and the gain
+    over the starting code."""
     rows, metric, direction = run.rows, run.metric, run.direction
     scored = [r for r in rows if r["status"] == "ok" and r["objective"] is not None]
     if not scored:
@@ -48,13 +49,17 @@ def leaderboard(run: RunData, top: int = TOP) -> str:
     baseline = [r["objective"] for r in scored if r["kind"] == "baseline"]
     ranked = ranked_mutations(rows, direction)
     promoted = set(run.promoted)
+    widths = {name: max(len(name), 10) for name in run.tracked}
     lines = [f"Leaderboard ({metric}, {'lower' if direction == 'minimize' else 'higher'} is "
              f"better; {len(rows)} experiments; one run each, * promoted)",
-             f"{'rank':>4}  {'exp':8} {'island':>6}  {metric:>10}  description"]
+             f"{'rank':>4}  {'exp':8} {'island':>6}  {metric:>10}  "
+             + "".join(f"{name:>{width}}  " for name, width in widths.items()) + "description"]
     for rank, row in enumerate(ranked[:top], start=1):
         name = row["exp_id"] + ("*" if row["exp_id"] in promoted else "")
-        lines.append(f"{rank:>4}  {name:8} {row['island']:>6}  "
-                     f"{row['objective']:>10.6f}  {row['description']}")
+        lines.append(f"{rank:>4}  {name:8} {row['island']:>6}  {row['objective']:>10.6f}  "
+                     + "".join(f"{format_metric(row.get(tracked)):>{width}}  "
+                               for tracked, width in widths.items())
+                     + row["description"])
     if baseline:
         start = sum(baseline) / len(baseline)
         lines.append(f"starting code: {start:.6f} (mean of {len(baseline)} seeds)")
@@ -119,14 +124,18 @@ def _leaderboard_table(run: RunData) -> str:
     kept, promoted = run.kept, set(run.promoted)
     lines = ['<table id="leaderboard">',
              f"<tr><th>rank</th><th>experiment</th><th>island</th><th>{escape(run.metric)}</th>"
-             "<th></th><th>description</th></tr>"]
+             + "".join(f"<th>{escape(name)}</th>" for name in run.tracked)
+             + "<th></th><th>description</th></tr>"]
     for rank, row in enumerate(ranked[:REPORT_TOP], start=1):
         mark = ("promoted" if row["exp_id"] in promoted
                 else "kept" if row["exp_id"] in kept else "")
         lines.append(
             f'<tr class="{mark}"><td class="number">{rank}</td><td>{row["exp_id"]}</td>'
             f'<td class="number">{row["island"]}</td>'
-            f'<td class="number">{row["objective"]:.6f}</td><td>{mark}</td>'
+            f'<td class="number">{row["objective"]:.6f}</td>'
+            + "".join(f'<td class="number">{format_metric(row.get(name))}</td>'
+                      for name in run.tracked)
+            + f"<td>{mark}</td>"
             f"<td>{escape(row['description'])}</td></tr>")
     lines.append("</table>")
     if run.start_objective is not None:
@@ -159,8 +168,10 @@ def _winners(run: RunData) -> str:
         parts.append(
             f'<h3 id="{row["exp_id"]}">Promotion {number}: {row["exp_id"]}, '
             f"{escape(row['description'])}</h3>"
-            f"<p>{run.metric} {sum(runs) / len(runs):.6f} (mean of {len(runs)} "
-            f"run{'s' * (len(runs) != 1)}), island {row['island']}, commit "
+            f"<p>{run.metric} {sum(runs) / len(runs):.6f}"
+            + "".join(f", {escape(name)} {format_metric(value)}"
+                      for name, value in run.tracked_means(member).items())
+            + f" (mean of {len(runs)} run{'s' * (len(runs) != 1)}), island {row['island']}, commit "
             f"<code>{row['commit'][:12]}</code>; its change against its parent, {parent_name} "
             f"(<code>{row['parent'][:12]}</code>):</p>"
             f'<pre class="diff">{_diff_html(run.change(row["exp_id"]))}</pre>')

@@ -13,8 +13,9 @@ from functools import cached_property
 from pathlib import Path
 
 from engine.experiment.records import Status
+from engine.experiment.spec import GoalFileError, task_spec
 from engine.rundir.layout import RunDir
-from engine.rundir.repo import RunRepo
+from engine.rundir.repo import GitError, RunRepo
 
 
 class NotARunDir(ValueError):
@@ -33,6 +34,9 @@ class RunData:
     info: dict  # run.json
     population: dict  # population.json; {} before the first result
     rows: list[dict]  # every experiment in the order its result arrived; times as epoch seconds
+    # The goal file's own metrics besides the objective (its `# Metrics`), each a column of the
+    # results: what `status` and the report show beside the objective.
+    tracked: tuple[str, ...] = ()
     _owners: dict[str, dict | None] = field(default_factory=dict, repr=False)
 
     @property
@@ -76,6 +80,16 @@ class RunData:
         """The starting code's score: the mean of its noise runs."""
         runs = [r["objective"] for r in self.rows if r["kind"] == "baseline" and _scored(r)]
         return statistics.fmean(runs) if runs else None
+
+    def tracked_means(self, member: dict) -> dict[str, float | None]:
+        """Each tracked metric of a member of the population (population.json's baseline, an
+        island's head, a promotion) as the mean over the scored runs of its code, the runs its
+        objective is the mean of: its experiment's, its confirmations' and, for a baseline, its
+        controls'. None for a metric no run measured."""
+        own = self.by_id.get(member["exp_id"], {}).get("commit")
+        commits = {member["commit"], own} - {None}
+        runs = [r for r in self.rows if _scored(r) and r["commit"] in commits]
+        return {name: _mean([r.get(name) for r in runs]) for name in self.tracked}
 
     def is_better(self, candidate: float, reference: float) -> bool:
         return candidate < reference if self.direction == "minimize" else candidate > reference
@@ -137,8 +151,19 @@ def load_run(path: Path | str) -> RunData:
     run_dir = RunDir(path)
     if not run_dir.holds_run:
         raise NotARunDir(f"{path} is not a run dir (it has no {RunDir.INFO})")
-    return RunData(run_dir.path, run_dir.read_info(), run_dir.read_checkpoint(),
-                   run_dir.read_rows())
+    info = run_dir.read_info()
+    return RunData(run_dir.path, info, run_dir.read_checkpoint(), run_dir.read_rows(),
+                   _tracked_metrics(run_dir, info))
+
+
+def _tracked_metrics(run_dir: RunDir, info: dict) -> tuple[str, ...]:
+    """The metrics the goal file tracks, read as the search read it: the goal file and the
+    harness of the run's first commit. A run dir whose repository is damaged is still shown,
+    without them."""
+    try:
+        return task_spec(run_dir.repo().files_at(info["start_commit"])).metrics
+    except (GitError, KeyError, GoalFileError):
+        return ()
 
 
 def trained(rows: list[dict]) -> list[dict]:
@@ -170,6 +195,11 @@ def promotion_tree(run: RunData) -> dict:
 
 def _scored(row: dict) -> bool:
     return row["status"] == "ok" and row["objective"] is not None
+
+
+def _mean(values: list[float | None]) -> float | None:
+    measured = [v for v in values if v is not None]
+    return statistics.fmean(measured) if measured else None
 
 
 def _step(row: dict) -> dict:

@@ -1,7 +1,8 @@
 """Where a search stands, from its run dir alone: `autoresearch status`.
 
-Best so far and its lineage, each island's head, experiments by status, keep rate, experiments
-per hour, GPU utilisation and cost, as one plain dict (`--json` prints it) and as text.
+Best so far (its score and the goal file's tracked metrics) and its lineage, each island's head,
+experiments by status, keep rate, experiments per hour, GPU utilisation and cost, as one plain
+dict (`--json` prints it) and as text.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ def summarise(run: RunData) -> dict:
         "elapsed_s": elapsed,
         "best": None if best is None else {
             "exp_id": best["exp_id"], "objective": _mean(best["runs"]), "runs": len(best["runs"]),
-            "description": best_row.get("description") or "the starting code"},
+            "description": best_row.get("description") or "the starting code",
+            "metrics": run.tracked_means(best)},
         "lineage": run.lineage(best["exp_id"]) if best else [],
         "baseline": _member(run.population.get("baseline")),
         "noise_sigma": run.sigma,
@@ -99,6 +101,9 @@ def format_status(summary: dict, now: float | None = None) -> str:
         runs = f", mean of {best['runs']} runs" if best["runs"] > 1 else ""
         lines.append(f"best: {metric} {best['objective']:.6f}{runs} ({_name(best['exp_id'])}: "
                      f"{best['description']})")
+        if best["metrics"]:
+            lines.append("  tracked: " + " · ".join(f"{name} {format_metric(value)}"
+                                                    for name, value in best["metrics"].items()))
         lines.append("lineage:")
         lines += [f"  {_name(step['exp_id']):7} {_number(step['objective']):>10}  "
                   f"{step['description']}" for step in summary["lineage"]]
@@ -125,6 +130,16 @@ def format_status(summary: dict, now: float | None = None) -> str:
            else f"(of {summary['at_once']} at once)"),
         f"cost ${summary['cost_usd']:.2f}"]))
     return "\n".join(lines)
+
+
+def format_metric(value: float | None) -> str:
+    """A tracked metric as a person reads it: whole numbers and large values (tokens per second)
+    without decimals, others to four."""
+    if value is None:
+        return "-"
+    if abs(value) >= 1000 or float(value).is_integer():
+        return f"{value:,.0f}"
+    return f"{value:.4f}"
 
 
 def _best_member(run: RunData) -> dict | None:

@@ -399,14 +399,18 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=20)
     parser.add_argument("--tasks", default="additive,rugged,null")
     parser.add_argument("--hours", type=float, default=8.0,
-                        help="the search's length in simulated hours (N=1 gets N_1 times more)")
+                        help="the search's length in simulated hours (N < 64 GPUs get 64/N "
+                             "times more, so that every N may reach the target)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count(),
                         help="searches simulated at once, one process each")
     parser.add_argument("--slow-share", type=float, default=0.0,
                         help="share of the GPUs of the slower model")
+    parser.add_argument("--plot", type=Path, help="write speedup/N and false promotions "
+                                                  "against N to this image")
     args = parser.parse_args()
     print(f"{'task':>9} {'GPUs':>5} {'exps':>7} {'h to 50%':>20} {'h to 90%':>20} "
           f"{'speedup/N':>10} {'false/1k':>9} {'false share':>12} {'confirm':>8} {'wall s':>7}")
+    table: dict[str, list[tuple[int, float | None, float]]] = {}
     for name in args.tasks.split(","):
         landscape = LANDSCAPES[name]
         base: float | None = None
@@ -426,6 +430,7 @@ def main() -> None:
             experiments = sum(r.experiments for r in runs)
             promotions = sum(r.promotions for r in runs)
             false = sum(r.false_promotions for r in runs)
+            table.setdefault(name, []).append((gpus, speedup, false / max(promotions, 1)))
             print(f"{name:>9} {gpus:>5} {experiments // len(runs):>7} "
                   f"{_median_range([r.to_half for r in runs]):>20} {_median_range(most):>20} "
                   f"{speedup if speedup is None else round(speedup, 2)!s:>10} "
@@ -433,6 +438,35 @@ def main() -> None:
                   f"{false / max(promotions, 1):>12.3f} "
                   f"{statistics.fmean(r.confirm_share for r in runs):>8.3f} "
                   f"{statistics.fmean(r.wall_s for r in runs):>7.1f}", flush=True)
+    if args.plot:
+        plot(table, args.plot)
+
+
+def plot(table: dict[str, list[tuple[int, float | None, float]]], path: Path) -> None:
+    """Speedup/N and the false share of promotions against N, one line per task."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (speed, false) = plt.subplots(1, 2, figsize=(10, 4))
+    for name, rows in table.items():
+        gpus = [n for n, _, _ in rows]
+        if any(s is not None for _, s, _ in rows):
+            speed.plot(gpus, [s if s is not None else float("nan") for _, s, _ in rows], "o-",
+                       label=name)
+        false.plot(gpus, [share for _, _, share in rows], "o-", label=name)
+    for axes, title in ((speed, "speedup(N) / N to 90% of the attainable gain"),
+                        (false, "false promotions, share of promotions")):
+        axes.set_xscale("log", base=2)
+        axes.set_xlabel("GPUs (N)")
+        axes.set_title(title, fontsize=10)
+        axes.grid(alpha=0.3)
+        axes.legend()
+    speed.axhline(0.8, color="grey", linestyle=":")
+    speed.axhline(0.5, color="grey", linestyle="--")
+    false.axhline(0.05, color="grey", linestyle="--")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
 
 
 if __name__ == "__main__":

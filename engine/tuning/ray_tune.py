@@ -8,9 +8,12 @@ has no validation loss mid-training, so ASHA reads the training loss train.py re
 that number comes from the candidate's own process and can decide when a trial is cut, never its
 score); a callback that tells the refinement when trials start and end.
 
-The worker's side: a trial writes its values into the member's files (only the literals change),
-trains them under the ordinary runner on one GPU of the same pool as the mutation experiments,
-and reports as it goes; its last report carries the outcome the driver records.
+The worker's side: a trial's Tune actor writes its values into the member's files (only the
+literals change) and trains them as a Ray task like a mutation experiment's: one GPU, a warm
+worker of the same pool, the ordinary runner. The actor holds no GPU itself: starting it takes a
+fresh worker process, measured at 20 to 35 s on a loaded 2-core head, and a GPU held meanwhile
+idles (benchmarks/utilization.py). The task streams the training's steps back to the actor, which
+reports them to Tune as they come; its last report carries the outcome the driver records.
 """
 
 from __future__ import annotations
@@ -20,9 +23,11 @@ import functools
 import json
 import logging
 import os
+import queue
 import socket
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -48,6 +53,9 @@ if TYPE_CHECKING:
 FIRST_RUNG = 0.25  # ASHA's first decision, as a share of the budget
 REDUCTION_FACTOR = 3  # ASHA keeps the best third at each rung
 MAX_FAILURES = 2  # Tune's retries of a trial whose worker died
+# A trial's actor only waits on its training task (which holds the GPU): it asks for no CPU or GPU.
+# Tune wants a resource in every request; one byte of memory is one that every node has.
+ACTOR_RESOURCES = {"cpu": 0, "memory": 1}
 # Read by Tune in this process when a run starts. Tune's strict check wants every report to
 # carry the objective, which only a trial's last report has. Tune snapshots its state every
 # second rather than every ten, so that a stop or crash rarely loses track of a trial. Tune's
@@ -83,8 +91,9 @@ def tuner(refinement: Refinement) -> tune.Tuner:
     finished = {trial_id: last_report(ended.values, ended.outcome, ended.stopped_early)
                 for trial_id, ended in refinement.ended().items()}
     resourced = tune.with_resources(
-        trainable(refinement.job, refinement.name, finished),
-        _resources(refinement.gpus_per_trial))
+        trainable(refinement.job, refinement.name, finished,
+                  _training_options(refinement.gpus_per_trial)),
+        ACTOR_RESOURCES)
     if tune.Tuner.can_restore(str(refinement.path)):
         log.info("tuning %s: resuming its Tune run", refinement.name)
         return tune.Tuner.restore(str(refinement.path), resourced, resume_errored=True)
@@ -111,12 +120,14 @@ def tuner(refinement: Refinement) -> tune.Tuner:
             callbacks=[_Recorder(str(refinement.path))],
             failure_config=tune.FailureConfig(max_failures=MAX_FAILURES)))
 
-def _resources(gpus_per_trial: int) -> dict[str, float]:
-    """A trial holds GPUs like a mutation experiment: no CPU where the cluster has GPUs
-    (NOTES.md: otherwise only as many run as there are cores), one CPU where it has none."""
+def _training_options(gpus_per_trial: int) -> dict:
+    """A trial's training task holds GPUs like a mutation experiment (engine/search/ray_pool.py):
+    no CPU where the cluster has GPUs (NOTES.md: otherwise only as many run as there are cores),
+    one CPU where it has none. Outside the placement group of the actor that starts it, which
+    Tune makes to hold what the actor asks for, and nothing more."""
     if ray.cluster_resources().get("GPU", 0):
-        return {"cpu": 0, "gpu": max(gpus_per_trial, 1)}
-    return {"cpu": 1}
+        return {"num_gpus": max(gpus_per_trial, 1), "num_cpus": 0, "scheduling_strategy": "DEFAULT"}
+    return {"num_gpus": 0, "num_cpus": 1, "scheduling_strategy": "DEFAULT"}
 
 
 class _Recorder(tune.Callback):
@@ -131,8 +142,6 @@ class _Recorder(tune.Callback):
             # Ends the run like a crash would, without marking the trials in flight finished:
             # Tune's last snapshot holds them as running, so a resume runs them again.
             raise _Stopped
-        if refinement is not None:
-            refinement.trials_waiting(sum(trial.status == "PENDING" for trial in trials))
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
         if refinement := _LIVE.get(self.key):
@@ -225,6 +234,7 @@ LOSS = "train_loss"  # the smoothed training loss, in every report: what ASHA co
 SECONDS = "train_seconds"  # seconds of training so far: ASHA's clock
 OUTCOME = "outcome_json"  # the trial's outcome as the driver gets it, in its final report
 SMOOTHING = 0.9  # the training loss is an exponential moving average with this decay
+STEP_WAIT_S = 0.2  # how often a trial's training task looks whether its training ended
 REPORTS_PER_TRIAL = 20  # at most this many intermediate reports over a budget
 LAST_REPORT = 0.9  # no intermediate report past this share of the budget: ASHA never stops a
 # trial that is about to be scored (its last rung lies at 3/4 of the budget)
@@ -252,11 +262,13 @@ class LossReporter:
             self.next_at = progress.elapsed_s + self.every
 
 
-def trainable(job: Job, name: str, finished: dict[str, dict]) -> Callable[[dict], None]:
+def trainable(job: Job, name: str, finished: dict[str, dict],
+              training: dict) -> Callable[[dict], None]:
     """The function Ray Tune calls with each trial's config, for the refinement `name`; a trial
-    in `finished` (the ledger: trial id -> last report) reports its recorded result at once."""
+    in `finished` (the ledger: trial id -> last report) reports its recorded result at once.
+    `training`: the Ray options of its training task."""
     def knob_trial(config: dict) -> None:
-        run_trial(config, job, finished)
+        run_trial(config, job, finished, training)
 
     # Tune registers a trainable cluster-wide under its function's name: two refinements at
     # once must not share one, and a resume must find its own again.
@@ -264,21 +276,50 @@ def trainable(job: Job, name: str, finished: dict[str, dict]) -> Callable[[dict]
     return knob_trial
 
 
-def run_trial(config: dict, job: Job, finished: dict[str, dict]) -> None:
-    """One trial, on a worker: write the values, train under the runner, report."""
+def run_trial(config: dict, job: Job, finished: dict[str, dict], training: dict) -> None:
+    """One trial, in its Tune actor: write the values, train them in a Ray task, report."""
     recorded = finished.get(tune.get_context().get_trial_id())
     if recorded is not None:
         tune.report(recorded)
         return
     values = written_values(job.knobs, config)
     files = write_knobs(job.files, {knob: values[knob.label] for knob in job.knobs})
-    gpus = ray.get_gpu_ids()
-    reporter = LossReporter(job.budget_s, {
-        "values": values, "started_at": time.time(), "node": socket.gethostname(),
-        "gpu": ",".join(str(g) for g in gpus), "accelerator": accelerator_here()})
-    outcome = run_job(dataclasses.replace(job, files=files, knobs=()),
-                      functools.partial(job.run or run_experiment, on_progress=reporter))
+    stream = _TRAINING.options(**training).remote(dataclasses.replace(job, files=files, knobs=()))
+    reporter, outcome = None, None
+    try:
+        for ref in stream:
+            item = ray.get(ref)
+            if isinstance(item, Outcome):
+                outcome = item
+            elif reporter is None:  # where it trains, first
+                reporter = LossReporter(job.budget_s, {"values": values, **item})
+            else:
+                reporter(item)
+    finally:
+        if outcome is None:  # ASHA stopped it (Tune ends it at a report) or the actor failed:
+            ray.cancel(stream, force=True)  # its GPU and its training tree go at once
     tune.report(last_report(values, outcome, stopped_early=False, loss=reporter.smoothed))
+
+
+def train_trial(job: Job) -> Iterator[dict | Progress | Outcome]:
+    """A trial's training, as a Ray task: yields where it runs, then each step train.py reports
+    while it trains, then the outcome."""
+    yield {"started_at": time.time(), "node": socket.gethostname(),
+           "gpu": ",".join(str(g) for g in ray.get_gpu_ids()), "accelerator": accelerator_here()}
+    steps: queue.Queue[Progress] = queue.Queue()
+    with ThreadPoolExecutor(max_workers=1) as training:
+        trained = training.submit(
+            run_job, job, functools.partial(job.run or run_experiment, on_progress=steps.put))
+        while not (trained.done() and steps.empty()):  # every step is put before it is done
+            try:
+                yield steps.get(timeout=STEP_WAIT_S)
+            except queue.Empty:
+                continue
+        yield trained.result()
+
+
+# Reusing workers as the pool's experiments do (engine/search/ray_pool.py), on the same ones.
+_TRAINING = ray.remote(max_calls=0)(train_trial)
 
 
 def written_values(knobs: Collection[Knob], config: dict) -> dict[str, Value]:

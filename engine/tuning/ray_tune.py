@@ -8,26 +8,22 @@ has no validation loss mid-training, so ASHA reads the training loss train.py re
 that number comes from the candidate's own process and can decide when a trial is cut, never its
 score); a callback that tells the refinement when trials start and end.
 
-The worker's side: a trial's Tune actor writes its values into the member's files (only the
-literals change) and trains them as a Ray task like a mutation experiment's: one GPU, a warm
-worker of the same pool, the ordinary runner. The actor holds no GPU itself: starting it takes a
-fresh worker process, measured at 20 to 35 s on a loaded 2-core head, and a GPU held meanwhile
-idles (benchmarks/utilization.py). The task streams the training's steps back to the actor, which
-reports them to Tune as they come; its last report carries the outcome the driver records.
+The trial's side: a trial's Tune actor writes its values into the member's files (only the
+literals change) and trains them as a Ray task like a mutation experiment's (one GPU, a warm
+worker of the same pool, the ordinary runner: engine/tuning/trial_task.py). The actor holds no
+GPU itself: starting it takes a fresh worker process, measured at 20 to 35 s on a loaded 2-core
+head, and a GPU held meanwhile idles (benchmarks/utilization.py). The task streams the training's
+steps back to the actor, which reports them to Tune as they come; its last report carries the
+outcome the driver records.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 import os
-import queue
-import socket
-import time
-from collections.abc import Callable, Collection, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -41,9 +37,9 @@ from ray.tune.search.optuna import OptunaSearch
 from ray.tune.utils import flatten_dict
 
 from engine.experiment.records import Job, Outcome, Status
-from engine.experiment.runner import Progress, run_experiment
-from engine.search.ray_pool import accelerator_here, run_job
+from engine.experiment.runner import Progress
 from engine.tuning.knobs import Knob, Value, write_knobs, written_value
+from engine.tuning.trial_task import TRAINING
 
 log = logging.getLogger("autoresearch")
 
@@ -62,9 +58,12 @@ ACTOR_RESOURCES = {"cpu": 0, "memory": 1}
 # newer console output ignores verbose=0; the driver has its own live view. Tune's own loggers
 # (CSV, JSON, TensorBoard) go: the results store has every trial, and the TensorBoard one alone
 # spent 8 s of the driver's interpreter importing tensorboardX when a first tuning began
-# (measured at 64 logical GPUs, benchmarks/utilization.py).
+# (measured at 64 logical GPUs, benchmarks/utilization.py). With a searcher, Tune starts one trial
+# actor at a time (each a fresh process, seconds apart on a busy head): every trial it may run at
+# once is started together instead (the concurrency bounds them).
 TUNE_ENVIRONMENT = {"TUNE_DISABLE_STRICT_METRIC_CHECKING": "1", "TUNE_GLOBAL_CHECKPOINT_S": "1",
-                    "RAY_AIR_NEW_OUTPUT": "0", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
+                    "RAY_AIR_NEW_OUTPUT": "0", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+                    "TUNE_MAX_PENDING_TRIALS_PG": "1024"}
 
 # Tune pickles its callbacks and its searcher into the run dir; what they hold is only the key
 # to the live refinement of this process that they report to.
@@ -234,7 +233,6 @@ LOSS = "train_loss"  # the smoothed training loss, in every report: what ASHA co
 SECONDS = "train_seconds"  # seconds of training so far: ASHA's clock
 OUTCOME = "outcome_json"  # the trial's outcome as the driver gets it, in its final report
 SMOOTHING = 0.9  # the training loss is an exponential moving average with this decay
-STEP_WAIT_S = 0.2  # how often a trial's training task looks whether its training ended
 REPORTS_PER_TRIAL = 20  # at most this many intermediate reports over a budget
 LAST_REPORT = 0.9  # no intermediate report past this share of the budget: ASHA never stops a
 # trial that is about to be scored (its last rung lies at 3/4 of the budget)
@@ -284,7 +282,7 @@ def run_trial(config: dict, job: Job, finished: dict[str, dict], training: dict)
         return
     values = written_values(job.knobs, config)
     files = write_knobs(job.files, {knob: values[knob.label] for knob in job.knobs})
-    stream = _TRAINING.options(**training).remote(dataclasses.replace(job, files=files, knobs=()))
+    stream = TRAINING.options(**training).remote(dataclasses.replace(job, files=files, knobs=()))
     reporter, outcome = None, None
     try:
         for ref in stream:
@@ -301,25 +299,6 @@ def run_trial(config: dict, job: Job, finished: dict[str, dict], training: dict)
     tune.report(last_report(values, outcome, stopped_early=False, loss=reporter.smoothed))
 
 
-def train_trial(job: Job) -> Iterator[dict | Progress | Outcome]:
-    """A trial's training, as a Ray task: yields where it runs, then each step train.py reports
-    while it trains, then the outcome."""
-    yield {"started_at": time.time(), "node": socket.gethostname(),
-           "gpu": ",".join(str(g) for g in ray.get_gpu_ids()), "accelerator": accelerator_here()}
-    steps: queue.Queue[Progress] = queue.Queue()
-    with ThreadPoolExecutor(max_workers=1) as training:
-        trained = training.submit(
-            run_job, job, functools.partial(job.run or run_experiment, on_progress=steps.put))
-        while not (trained.done() and steps.empty()):  # every step is put before it is done
-            try:
-                yield steps.get(timeout=STEP_WAIT_S)
-            except queue.Empty:
-                continue
-        yield trained.result()
-
-
-# Reusing workers as the pool's experiments do (engine/search/ray_pool.py), on the same ones.
-_TRAINING = ray.remote(max_calls=0)(train_trial)
 
 
 def written_values(knobs: Collection[Knob], config: dict) -> dict[str, Value]:

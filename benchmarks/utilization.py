@@ -134,7 +134,7 @@ def main() -> None:
     parser.add_argument("--islands", type=int, default=8)
     parser.add_argument("--tuning", default="off,on",
                         help="off: no knob tuning; on: the baseline's knobs refined every "
-                             "--tune-every results (12 trials, a quarter of the GPUs)")
+                             "--tune-every results (12 trials, 4 at once)")
     parser.add_argument("--tune-every", type=int, default=64)
     args = parser.parse_args()
     print(f"null experiments of {args.length:g} s, {args.rounds} lengths per size, "

@@ -8,20 +8,21 @@ has no validation loss mid-training, so ASHA reads the training loss train.py re
 that number comes from the candidate's own process and can decide when a trial is cut, never its
 score); a callback that tells the refinement when trials start and end.
 
-The worker's side: a trial writes its values into the member's files (only the literals change),
-trains them under the ordinary runner on one GPU of the same pool as the mutation experiments,
-and reports as it goes; its last report carries the outcome the driver records.
+The trial's side: a trial's Tune actor writes its values into the member's files (only the
+literals change) and trains them as a Ray task like a mutation experiment's (one GPU, a warm
+worker of the same pool, the ordinary runner: engine/tuning/trial_task.py). The actor holds no
+GPU itself: starting it takes a fresh worker process, measured at 20 to 35 s on a loaded 2-core
+head, and a GPU held meanwhile idles (benchmarks/utilization.py). The task streams the training's
+steps back to the actor, which reports them to Tune as they come; its last report carries the
+outcome the driver records.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 import os
-import socket
-import time
 from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,9 +37,9 @@ from ray.tune.search.optuna import OptunaSearch
 from ray.tune.utils import flatten_dict
 
 from engine.experiment.records import Job, Outcome, Status
-from engine.experiment.runner import Progress, run_experiment
-from engine.search.ray_pool import accelerator_here, run_job
+from engine.experiment.runner import Progress
 from engine.tuning.knobs import Knob, Value, write_knobs, written_value
+from engine.tuning.trial_task import TRAINING
 
 log = logging.getLogger("autoresearch")
 
@@ -48,15 +49,21 @@ if TYPE_CHECKING:
 FIRST_RUNG = 0.25  # ASHA's first decision, as a share of the budget
 REDUCTION_FACTOR = 3  # ASHA keeps the best third at each rung
 MAX_FAILURES = 2  # Tune's retries of a trial whose worker died
+# A trial's actor only waits on its training task (which holds the GPU): it asks for no CPU or GPU.
+# Tune wants a resource in every request; one byte of memory is one that every node has.
+ACTOR_RESOURCES = {"cpu": 0, "memory": 1}
 # Read by Tune in this process when a run starts. Tune's strict check wants every report to
 # carry the objective, which only a trial's last report has. Tune snapshots its state every
 # second rather than every ten, so that a stop or crash rarely loses track of a trial. Tune's
 # newer console output ignores verbose=0; the driver has its own live view. Tune's own loggers
 # (CSV, JSON, TensorBoard) go: the results store has every trial, and the TensorBoard one alone
 # spent 8 s of the driver's interpreter importing tensorboardX when a first tuning began
-# (measured at 64 logical GPUs, benchmarks/utilization.py).
+# (measured at 64 logical GPUs, benchmarks/utilization.py). With a searcher, Tune starts one trial
+# actor at a time (each a fresh process, seconds apart on a busy head): every trial it may run at
+# once is started together instead (the concurrency bounds them).
 TUNE_ENVIRONMENT = {"TUNE_DISABLE_STRICT_METRIC_CHECKING": "1", "TUNE_GLOBAL_CHECKPOINT_S": "1",
-                    "RAY_AIR_NEW_OUTPUT": "0", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
+                    "RAY_AIR_NEW_OUTPUT": "0", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+                    "TUNE_MAX_PENDING_TRIALS_PG": "1024"}
 
 # Tune pickles its callbacks and its searcher into the run dir; what they hold is only the key
 # to the live refinement of this process that they report to.
@@ -83,8 +90,9 @@ def tuner(refinement: Refinement) -> tune.Tuner:
     finished = {trial_id: last_report(ended.values, ended.outcome, ended.stopped_early)
                 for trial_id, ended in refinement.ended().items()}
     resourced = tune.with_resources(
-        trainable(refinement.job, refinement.name, finished),
-        _resources(refinement.gpus_per_trial))
+        trainable(refinement.job, refinement.name, finished,
+                  _training_options(refinement.gpus_per_trial)),
+        ACTOR_RESOURCES)
     if tune.Tuner.can_restore(str(refinement.path)):
         log.info("tuning %s: resuming its Tune run", refinement.name)
         return tune.Tuner.restore(str(refinement.path), resourced, resume_errored=True)
@@ -111,12 +119,14 @@ def tuner(refinement: Refinement) -> tune.Tuner:
             callbacks=[_Recorder(str(refinement.path))],
             failure_config=tune.FailureConfig(max_failures=MAX_FAILURES)))
 
-def _resources(gpus_per_trial: int) -> dict[str, float]:
-    """A trial holds GPUs like a mutation experiment: no CPU where the cluster has GPUs
-    (NOTES.md: otherwise only as many run as there are cores), one CPU where it has none."""
+def _training_options(gpus_per_trial: int) -> dict:
+    """A trial's training task holds GPUs like a mutation experiment (engine/search/ray_pool.py):
+    no CPU where the cluster has GPUs (NOTES.md: otherwise only as many run as there are cores),
+    one CPU where it has none. Outside the placement group of the actor that starts it, which
+    Tune makes to hold what the actor asks for, and nothing more."""
     if ray.cluster_resources().get("GPU", 0):
-        return {"cpu": 0, "gpu": max(gpus_per_trial, 1)}
-    return {"cpu": 1}
+        return {"num_gpus": max(gpus_per_trial, 1), "num_cpus": 0, "scheduling_strategy": "DEFAULT"}
+    return {"num_gpus": 0, "num_cpus": 1, "scheduling_strategy": "DEFAULT"}
 
 
 class _Recorder(tune.Callback):
@@ -131,8 +141,6 @@ class _Recorder(tune.Callback):
             # Ends the run like a crash would, without marking the trials in flight finished:
             # Tune's last snapshot holds them as running, so a resume runs them again.
             raise _Stopped
-        if refinement is not None:
-            refinement.trials_waiting(sum(trial.status == "PENDING" for trial in trials))
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
         if refinement := _LIVE.get(self.key):
@@ -252,11 +260,13 @@ class LossReporter:
             self.next_at = progress.elapsed_s + self.every
 
 
-def trainable(job: Job, name: str, finished: dict[str, dict]) -> Callable[[dict], None]:
+def trainable(job: Job, name: str, finished: dict[str, dict],
+              training: dict) -> Callable[[dict], None]:
     """The function Ray Tune calls with each trial's config, for the refinement `name`; a trial
-    in `finished` (the ledger: trial id -> last report) reports its recorded result at once."""
+    in `finished` (the ledger: trial id -> last report) reports its recorded result at once.
+    `training`: the Ray options of its training task."""
     def knob_trial(config: dict) -> None:
-        run_trial(config, job, finished)
+        run_trial(config, job, finished, training)
 
     # Tune registers a trainable cluster-wide under its function's name: two refinements at
     # once must not share one, and a resume must find its own again.
@@ -264,21 +274,31 @@ def trainable(job: Job, name: str, finished: dict[str, dict]) -> Callable[[dict]
     return knob_trial
 
 
-def run_trial(config: dict, job: Job, finished: dict[str, dict]) -> None:
-    """One trial, on a worker: write the values, train under the runner, report."""
+def run_trial(config: dict, job: Job, finished: dict[str, dict], training: dict) -> None:
+    """One trial, in its Tune actor: write the values, train them in a Ray task, report."""
     recorded = finished.get(tune.get_context().get_trial_id())
     if recorded is not None:
         tune.report(recorded)
         return
     values = written_values(job.knobs, config)
     files = write_knobs(job.files, {knob: values[knob.label] for knob in job.knobs})
-    gpus = ray.get_gpu_ids()
-    reporter = LossReporter(job.budget_s, {
-        "values": values, "started_at": time.time(), "node": socket.gethostname(),
-        "gpu": ",".join(str(g) for g in gpus), "accelerator": accelerator_here()})
-    outcome = run_job(dataclasses.replace(job, files=files, knobs=()),
-                      functools.partial(job.run or run_experiment, on_progress=reporter))
+    stream = TRAINING.options(**training).remote(dataclasses.replace(job, files=files, knobs=()))
+    reporter, outcome = None, None
+    try:
+        for ref in stream:
+            item = ray.get(ref)
+            if isinstance(item, Outcome):
+                outcome = item
+            elif reporter is None:  # where it trains, first
+                reporter = LossReporter(job.budget_s, {"values": values, **item})
+            else:
+                reporter(item)
+    finally:
+        if outcome is None:  # ASHA stopped it (Tune ends it at a report) or the actor failed:
+            ray.cancel(stream, force=True)  # its GPU and its training tree go at once
     tune.report(last_report(values, outcome, stopped_early=False, loss=reporter.smoothed))
+
+
 
 
 def written_values(knobs: Collection[Knob], config: dict) -> dict[str, Value]:

@@ -4,6 +4,7 @@
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -101,8 +102,14 @@ def test_a_short_search_of_the_maximised_example_keeps_its_highest_accuracy(spir
     assert json.loads((run / "run.json").read_text())["options"]["grace_s"] == 90
     status = json.loads(autoresearch("status", run, "--json").stdout)
     rows = pq.read_table(run / "results").to_pylist()
-    scores = [row["val_accuracy"] for row in rows if row["status"] == "ok"]
-    assert status["best"]["objective"] == max(scores) > 0.25
+    # The starting code scores the mean of its noise runs; a mutation that beats it heads its
+    # island. The best is the highest of those, not the lowest (how quickly each trains on a
+    # busy machine decides which one that is).
+    start = statistics.fmean(row["val_accuracy"] for row in rows if row["kind"] == "baseline")
+    mutations = [row["val_accuracy"] for row in rows
+                 if row["kind"] == "mutation" and row["status"] == "ok"]
+    assert status["best"]["objective"] == pytest.approx(max([start, *mutations]))
+    assert status["best"]["objective"] > 0.25
     assert {"val_loss", "inference_points_per_s"} <= set(rows[0])
 
 

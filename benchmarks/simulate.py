@@ -41,7 +41,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from agents.offline import OfflineAgent
@@ -289,7 +289,6 @@ class MemoryRecorder:
         self.store, self.repo, self.problems = _Rows(), repo, []
         self.promotions: list[Promotion] = []
         self.baseline_true: float | None = None
-        self.trajectory: list[tuple[float, float]] = []  # (time, true objective of baseline)
 
     def start(self, islands: int, commit: str, info: dict) -> None:
         return
@@ -312,7 +311,6 @@ class MemoryRecorder:
         before = self.baseline_true
         self.promotions.append(Promotion(self.clock() - START_S, before, after))
         self.baseline_true = after
-        self.trajectory.append((self.clock() - START_S, after))
         return f"merge-{member.commit}"
 
     def write_derived(self, checkpoint, kept, now: bool = False) -> None:
@@ -334,7 +332,6 @@ class Outcomes:
     false_promotions: int
     confirm_share: float  # of GPU time, on confirmation and control runs
     wall_s: float
-    extra: dict = field(default_factory=dict)
 
 
 def simulate(landscape: Landscape, gpus: int, seed: int, *, hours: float, slow: int = 0,
@@ -363,9 +360,10 @@ def simulate(landscape: Landscape, gpus: int, seed: int, *, hours: float, slow: 
         search.recorder.baseline_true = start_true
 
         def reached(share: float) -> float | None:
-            for at, value in search.recorder.trajectory:
-                if attainable > 0 and start_true - value >= share * attainable - 1e-12:
-                    return at / 3600
+            for promotion in search.recorder.promotions:
+                if attainable > 0 and (start_true - promotion.true_after
+                                       >= share * attainable - 1e-12):
+                    return promotion.at / 3600
             return None
 
         def stop_when_most() -> None:

@@ -11,17 +11,8 @@ import pytest
 from engine.experiment.runner import run_experiment
 from engine.experiment.spec import GoalFileError
 from engine.experiment.task import load_task
+from tests.test_spec import SEED_GOAL_FILE
 
-SEED_GOAL_FILE = """\
-# Goal
-Minimize validation loss for character-level language model
-# Constraints
-- Training time: 5 minutes per experiment
-- Hardware: Single GPU
-- Model size: < 1M parameters
-# Metrics
-Track validation perplexity, training stability, inference speed
-"""
 HANDS_OVER_A_MODEL = """\
 import os
 open(os.environ["AUTORESEARCH_MODEL_OUT"], "w").write("a model")

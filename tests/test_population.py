@@ -213,18 +213,51 @@ def test_a_winner_whose_change_overlaps_the_new_baseline_is_confirmed_again_inst
 
 def test_a_candidate_from_an_island_still_on_an_older_baseline_is_combined_with_the_new_one():
     made = population()
-    start = made.baseline.files["train.py"] = "A = 1\nB = 2\nC = 3\n"
+    start = made.baseline.files["train.py"] = "A = 1\nB = 2\nC = 3\nD = 4\n"
     observe(made, 0, Member("first", {"train.py": start.replace("A = 1", "A = 5")}, [2.90],
                             "first"))
     confirm(made, "first", [2.90, 2.91, 2.89], [3.00, 3.01, 2.99])
     made.rebase_baseline("merged-first")
-    # Island 1 was ahead and kept its head; a child of it, on the old code, beats the new
-    # baseline: promoting it alone would drop the first winner's change.
-    made.islands[1].head = Member("ahead", {"train.py": start}, [2.80], "ahead")
-    later = Member("later", {"train.py": start.replace("C = 3", "C = 7")}, [2.50], "later")
+    # Island 1 kept its head, on the old code; a child of it beats the new baseline: promoting
+    # it alone would drop the first winner's change.
+    ahead = start.replace("D = 4", "D = 8")
+    observe(made, 1, Member("ahead", {"train.py": ahead}, [2.95], "ahead"))
+    later = Member("later", {"train.py": ahead.replace("C = 3", "C = 7")}, [2.50], "later")
     decisions = observe(made, 1, later)
     assert kinds(decisions)[-1] == "combine"
+    assert decisions[-1].files == {"train.py": "A = 5\nB = 2\nC = 7\nD = 8\n"}
+
+
+def test_children_that_only_match_a_combined_parent_behind_the_baseline_queue_nothing():
+    made = population()
+    start = made.baseline.files["train.py"] = "A = 1\nB = 2\nC = 3\n"
+    observe(made, 0, Member("first", {"train.py": start.replace("A = 1", "A = 5")}, [2.50],
+                            "first"))
+    confirm(made, "first", [2.50, 2.51, 2.49], [3.00, 3.01, 2.99])
+    made.rebase_baseline("merged-first")
+    winner = start.replace("C = 3", "C = 7")
+    assert kinds(observe(made, 1, Member("winner", {"train.py": winner}, [2.80], "winner")))[
+        -1] == "combine"
+    same = Member("same", {"train.py": winner + "D = 0\n"}, [2.80], "same")
+    assert "combine" not in kinds(observe(made, 1, same))
+
+
+def test_a_winner_whose_result_comes_back_after_its_island_was_reseeded_is_combined():
+    made = population()
+    start = made.baseline.files["train.py"] = "A = 1\nB = 2\nC = 3\n"
+    old_start = made.baseline
+    observe(made, 0, Member("first", {"train.py": start.replace("A = 1", "A = 5")}, [2.50],
+                            "first"))
+    confirm(made, "first", [2.50, 2.51, 2.49], [3.00, 3.01, 2.99])
+    made.rebase_baseline("merged-first")
+    assert 1 in [d.island for d in made.migrate()]
+    # Island 1's child of the starting code was running meanwhile: it beats the code it changed,
+    # though not the new baseline. Its change still counts, on top of the new baseline.
+    second = Member("second", {"train.py": start.replace("C = 3", "C = 7")}, [2.90], "second")
+    decisions = made.observe_child(1, old_start, second, Attempt("second", "ok", None, None))
+    assert kinds(decisions)[-1] == "combine"
     assert decisions[-1].files == {"train.py": "A = 5\nB = 2\nC = 7\n"}
+    assert decisions[-1].against.commit == "merged-first"
 
 
 def test_after_a_promotion_every_island_behind_the_new_baseline_starts_from_it_at_once():

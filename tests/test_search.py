@@ -141,7 +141,7 @@ def test_two_winners_found_at_once_are_combined_and_islands_behind_restart_from_
     improvement in the same wave, on lines five apart. One is promoted; the other beat the
     baseline it was confirmed against, so the two changes are merged on the new baseline,
     committed, run, confirmed and promoted in turn. A third island, which found nothing, restarts
-    from the first winner as soon as it is promoted."""
+    from a winner at its next proposal."""
     task = load_task(template_path())
     start = task.files["train.py"].replace("N_EMBD = 128", "N_EMBD = 64")
     wider = start.replace("N_EMBD = 64", "N_EMBD = 128")
@@ -150,30 +150,40 @@ def test_two_winners_found_at_once_are_combined_and_islands_behind_restart_from_
     # A third island finds nothing: it falls behind with the first promotion.
     agents = [ScriptedAgent([{"train.py": wider}]), ScriptedAgent([{"train.py": faster}]),
               ScriptedAgent([])]
+    # No tuning: its trials would find the same optimum on the landscape's knobs.
     options = SearchOptions(agents=3, budget_s=0.5, max_experiments=100, noise_seeds=3,
-                            confirm_seeds=2, surplus=0)
+                            confirm_seeds=2, surplus=0, tune_trials=0)
     search = Search(task, tmp_path / "run", options, agents, run=null_experiment)
 
+    def island_behind_went_on_from_a_winner():
+        promoted = {member.files["train.py"] for member in search.population.promotions}
+        return any(c.files["train.py"] in promoted for c in agents[2].contexts)
+
     def stop_at_the_second_promotion():
-        if len(search.population.promotions) >= 2:
+        # On a busy machine the confirmations may hold every slot until the second promotion:
+        # the island behind then proposes from that one.
+        if len(search.population.promotions) >= 2 and island_behind_went_on_from_a_winner():
             raise KeyboardInterrupt
 
     search.run(on_tick=stop_at_the_second_promotion)
     rows = {row["exp_id"]: row for row in rows_of(search)}
-    combined = [row for row in rows.values() if row["agent"] == "merge"]
-    assert len(combined) == 1
-    assert combined[0]["status"] == "ok"
-    assert re.fullmatch(r"combine e\d+ with the baseline \(e\d+\)", combined[0]["description"])
+    # The second promotion is a combination (others, of the winners' later children, may
+    # still be queued or running when the search stops).
+    combined = rows[search.population.promotions[1].exp_id]
+    assert combined["agent"] == "merge" and combined["status"] == "ok"
+    assert re.fullmatch(r"combine e\d+ with the baseline \(e\d+\)", combined["description"])
     repo = RunRepo(search.run_dir / "repo.git")
-    merged = repo.files_at(combined[0]["commit"])["train.py"]
+    merged = repo.files_at(combined["commit"])["train.py"]
     assert "N_EMBD = 128" in merged and "LEARNING_RATE = 1e-2" in merged
     assert search.population.baseline.files["train.py"] == merged
     assert repo.branch(branch_name(search.run_name, None)) == search.population.baseline.commit
-    # The island that found nothing went on from the first winner's code at once (it proposed
-    # on top of it), not after more results of its own lagging code.
-    first = search.population.promotions[0]
-    after = [c for c in agents[2].contexts if c.files["train.py"] == first.files["train.py"]]
-    assert after, "the island behind never worked from the promoted code"
+    # The island that found nothing went on from a winner's code as soon as it proposed again,
+    # not after more results of its own lagging code.
+    assert island_behind_went_on_from_a_winner()
+    promoted = {member.files["train.py"] for member in search.population.promotions}
+    codes = [c.files["train.py"] for c in agents[2].contexts]
+    first_from_a_winner = next(k for k, code in enumerate(codes) if code in promoted)
+    assert start not in codes[first_from_a_winner:]
 
 
 def test_the_search_stops_after_max_experiments(tmp_path):

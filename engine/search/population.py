@@ -97,7 +97,6 @@ class Island:
 
     index: int
     head: Member
-    base: Member  # the baseline its members descend from: where it started, or was reseeded
     archive: list[Member] = field(default_factory=list)
     stale: int = 0  # results since the head last advanced
     history: deque[Attempt] = field(default_factory=lambda: deque(maxlen=HISTORY_LENGTH))
@@ -125,7 +124,7 @@ class _Confirmation:
     member: Member
     island: int
     against: Member  # the baseline its control runs run
-    base: Member  # the baseline its island's code descends from
+    base: Member  # the baseline its code descends from
     accelerator: str  # the GPU model its runs are pinned to
     generation: int  # how many promotions there had been when it was queued
     runs_due: int  # runs of the candidate still to come
@@ -145,12 +144,15 @@ class Population:
         self.noise_runs: list[float] = []
         self.noise = Noise()
         self._noise_groups: dict[str, list[float]] = {}  # the noise runs by type, pooled on end
-        self.islands = [Island(k, self.baseline, self.baseline) for k in range(islands)]
+        self.islands = [Island(k, self.baseline) for k in range(islands)]
         self.alpha, self.confirm_seeds, self.reseed_after, self.explore = (
             alpha, confirm_seeds, reseed_after, explore)
         self.kept: set[str] = set()  # exp ids that advanced or joined an island
         self.promotions: list[Member] = []
         self._confirming: dict[str, _Confirmation] = {}  # commit -> its confirmation
+        # commit -> the baseline its code descends from, for every code judged: a result may
+        # come back after its island was reseeded, and its changes still count on that baseline.
+        self._descends: dict[str, Member] = {self.baseline.commit: self.baseline}
         self._rng = random.Random(seed)
 
     # -- the baseline and the noise ------------------------------------------------------------
@@ -201,6 +203,7 @@ class Population:
         the best of its trials so far) in the confirmation's reason."""
         home = self.islands[island]
         home.history.append(attempt)
+        self._descends[child.commit] = self._descends.get(parent.commit, self.baseline)
         parent.children += 1
         home.stale += 1
         if not child.runs or not parent.runs:
@@ -215,7 +218,7 @@ class Population:
                 decisions.append(Decision("advance", island, child))
         else:
             decisions = [Decision("discard", island, child)]
-        decisions += self._screen(island, child, confirm_because)
+        decisions += self._screen(island, parent, child, confirm_because)
         return self._maybe_reseed(home, decisions)
 
     def observe_confirmation(self, commit: str, objective: float | None,
@@ -246,37 +249,52 @@ class Population:
         del self._confirming[commit]
         return self._decide_promotion(pending)
 
-    def _screen(self, island: int, child: Member, because: str) -> list[Decision]:
-        """A confirmation for a child whose one run is far enough ahead of the baseline."""
+    def _screen(self, island: int, parent: Member, child: Member, because: str) -> list[Decision]:
+        """What a child's one run earns: a confirmation when it is far enough ahead of the
+        baseline. A child of code an earlier baseline led to is combined with today's instead
+        (promoting it alone would drop the baseline's changes): when it is ahead of the
+        baseline, or when its own change is ahead of both its parent and that earlier baseline
+        (a result that came back after its island moved on)."""
         if child.commit in self._confirming:
             return []
         accelerator = child.accelerators[-1]
-        advantage, margin = self._screened(child.runs[-1:], accelerator)
-        if advantage <= margin:
-            return []
-        base = self.islands[island].base
+        advantage, margin = self._screened(child.runs[-1:], accelerator, self.baseline)
+        base = self._descends[child.commit]
         if base.commit != self.baseline.commit:
-            combined = self._combination(island, child, base, (
-                f"one run beats the baseline by {advantage:.4g} (screen {margin:.4g}), but its "
-                f"island's code descends from an older baseline"))
+            # Ahead of its parent too: the lineage's earlier gains were judged with the parent,
+            # and its other children must not each queue them again.
+            (over_base, base_margin), (over_parent, parent_margin) = (
+                self._screened(child.runs[-1:], accelerator, reference)
+                for reference in (base, parent))
+            if advantage > margin:
+                why = f"one run beats the baseline by {advantage:.4g} (screen {margin:.4g})"
+            elif over_base > base_margin and over_parent > parent_margin:
+                why = (f"one run beats the baseline its code descends from by {over_base:.4g} "
+                       f"(screen {base_margin:.4g}) and its parent by {over_parent:.4g}")
+            else:
+                return []
+            combined = self._combination(island, child, base, f"{why}, on an older baseline")
             if combined is not None:
                 return [combined]
+        if advantage <= margin:
+            return []
         reason = (f"{because}; " if because else "") + (
             f"one run beats the baseline by {advantage:.4g} (screen {margin:.4g}): confirming on "
             f"{self.confirm_seeds} fresh seeds beside {self.confirm_seeds} control runs")
         return [self._confirm(island, child, accelerator, reason)]
 
-    def _screened(self, values: list[float], accelerator: str) -> tuple[float, float]:
-        """How far the mean of `values` (runs on `accelerator`) is ahead of the baseline's level
+    def _screened(self, values: list[float], accelerator: str,
+                  against: Member) -> tuple[float, float]:
+        """How far the mean of `values` (runs on `accelerator`) is ahead of `against`'s level
         there, and how far it must be to be worth confirming."""
-        reference, n = self._level(self.baseline, accelerator)
+        reference, n = self._level(against, accelerator)
         margin = SCREEN_Z * self._sigma(accelerator) * math.sqrt(1 / len(values) + 1 / n)
         return self._advantage(statistics.fmean(values), reference), margin
 
     def _confirm(self, island: int, member: Member, accelerator: str,
                  reason: str) -> Decision:
         self._confirming[member.commit] = _Confirmation(
-            member, island, self.baseline, self.islands[island].base, accelerator,
+            member, island, self.baseline, self._descends[member.commit], accelerator,
             len(self.promotions), self.confirm_seeds, self.confirm_seeds)
         return Decision("confirm", island, member, self.confirm_seeds, self.baseline,
                         accelerator, reason)
@@ -297,7 +315,8 @@ class Population:
             if combined is not None:
                 return [combined]
             accelerator = member.accelerators[-1]
-            advantage, margin = self._screened(member.runs_on(accelerator), accelerator)
+            advantage, margin = self._screened(member.runs_on(accelerator), accelerator,
+                                               self.baseline)
             if advantage <= margin:
                 return [Decision("reject_promotion", island, member, reason=(
                     f"the baseline changed while it was confirmed, and its runs are not ahead of "
@@ -345,7 +364,7 @@ class Population:
             if island.head is not self.baseline and not (
                     island.head.runs and self._better(island.head.objective,
                                                       self.baseline.objective)):
-                island.head = island.base = self.baseline
+                island.head = self.baseline
                 island.archive, island.stale = [], 0
                 decisions.append(Decision("reseed", island.index, self.baseline,
                                           reason="the baseline moved past it"))
@@ -383,13 +402,14 @@ class Population:
         winner = self.baseline
         self.baseline = Member(commit, winner.files, list(winner.runs), winner.exp_id,
                                accelerators=list(winner.accelerators))
+        self._descends[commit] = self.baseline
 
     def _maybe_reseed(self, island: Island, decisions: list[Decision]) -> list[Decision]:
         lagging = not self._better(island.head.objective, self.baseline.objective) if (
             island.head.runs and self.baseline.runs) else False
         if lagging and island.stale >= self.reseed_after and (
                 island.head is not self.baseline):
-            island.head = island.base = self.baseline
+            island.head = self.baseline
             island.archive, island.stale = [], 0
             decisions.append(Decision("reseed", island.index, island.head,
                                       reason="lagged the baseline"))

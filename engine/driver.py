@@ -69,7 +69,7 @@ class Search:
         self.run_dir.create()
         self.run_name = self.run_dir.name
         self.budget_s = options.budget_s or self.spec.time_budget_s
-        self.state = Summary(started_at=clock())
+        self.state = Summary(started_at=clock(), holdout_key=self.spec.holdout)
         if start is None:  # a new run
             repo, start = self.run_dir.create_repo(task.files, f"start: {task.path.name}",
                                                    history_from=task.path)

@@ -2,6 +2,8 @@
 
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -10,9 +12,12 @@ from engine.experiment.task import load_task, template_path
 
 @pytest.fixture(scope="session", autouse=True)
 def data_cache(tmp_path_factory):
-    """Experiments build the task's corpus here, not in the user's home."""
+    """Experiments find the bundled task's corpus here, not in the user's home: built once
+    before any test, so that no test's first experiment spends its grace building it."""
     folder = tmp_path_factory.mktemp("data-cache")
     os.environ["AUTORESEARCH_CACHE"] = str(folder)
+    subprocess.run([sys.executable, "prepare.py"], cwd=template_path(), check=True,
+                   capture_output=True)
     return folder
 
 

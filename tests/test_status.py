@@ -132,11 +132,12 @@ def test_status_prints_a_few_lines_a_person_reads(searched):
 
 def test_status_names_each_metric_the_goal_file_tracks_even_where_no_run_measured_it(searched):
     # The bundled goal file tracks "validation perplexity, training stability, inference
-    # speed"; the null experiment measures none of them.
+    # speed", and its harness a holdout score; the null experiment measures none of them.
     summary = json.loads(autoresearch("status", searched.run_dir, "--json").stdout)
-    assert summary["best"]["metrics"] == {"val_perplexity": None, "loss_spikes": None,
-                                          "inference_tokens_per_s": None}
+    assert summary["best"]["metrics"] == {"holdout_val_bpb": None, "val_perplexity": None,
+                                          "loss_spikes": None, "inference_tokens_per_s": None}
     shown = autoresearch("status", searched.run_dir).stdout.splitlines()
+    assert shown[1].startswith("best: val_bpb ") and " · holdout - " in shown[1]
     assert shown[2] == "  tracked: val_perplexity - · loss_spikes - · inference_tokens_per_s -"
 
 

@@ -48,6 +48,9 @@ def enforced(spec: Spec) -> list[str]:
         lines.append(f"memory: at most {spec.memory_limit_gb:g} GB per experiment")
     lines.append("tracked metrics: " + (", ".join(f"`{m}`" for m in spec.metrics) or "none")
                  + f" (and always {', '.join(STANDARD_METRICS)})")
+    lines.append(f"holdout: `{spec.holdout}`, recorded and shown, never selected on or shown to "
+                 "agents" if spec.holdout else f"holdout: none (a harness may report "
+                 f"`holdout_{spec.objective.metric}`, see docs/writing-a-task.md)")
     if spec.declared_metrics is None:
         lines.append(f"{HARNESS_FILE} declares no METRICS: phrases were read as the bundled "
                      "harness's keys")

@@ -23,8 +23,11 @@ STANDARD_METRICS = ("params", "peak_memory_gb", "steps", "final_train_loss", "lo
 
 
 def metric_columns(spec: Spec) -> list[str]:
-    """The results' metric columns: the objective, the goal file's metrics, the standard ones."""
-    return list(dict.fromkeys([spec.objective.metric, *spec.metrics, *STANDARD_METRICS]))
+    """The results' metric columns: the objective, its holdout score when the harness declares
+    one, the goal file's metrics, the standard ones."""
+    holdout = [spec.holdout] if spec.holdout else []
+    return list(dict.fromkeys([spec.objective.metric, *holdout, *spec.metrics,
+                               *STANDARD_METRICS]))
 
 
 class Kind(StrEnum):

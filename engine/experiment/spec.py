@@ -10,6 +10,10 @@ Metrics are named by result key in backticks, or by phrase. The phrases come fro
 its `METRICS` declares the keys it reports, each with the phrases that mean it, so "validation
 loss" is whatever key the task's harness says it is. A goal naming more than one metric is refused
 as ambiguous (backticks settle it), and so is a limit the harness declares no way to measure.
+
+A harness may declare a holdout score: the objective's key prefixed `holdout_`, measured on data
+neither training nor selection sees. It is recorded and shown beside the score, never selected on:
+a goal cannot name it as its objective.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ T = TypeVar("T")
 GOAL_FILE = "program.md"
 HARNESS_FILE = "prepare.py"
 DEFAULT_EDITABLE = ("train.py",)
+HOLDOUT_PREFIX = "holdout_"  # a harness key reported for the record only, never selected on
 
 # What the engine measures of every experiment itself (engine/experiment/runner.py), with the
 # phrases a goal file may use for it.
@@ -117,6 +122,7 @@ class Spec:
     not_enforced: tuple[str, ...] = field(default=())  # lines kept as text only
     text: str = ""  # the whole goal file, for the agents
     declared_metrics: tuple[str, ...] | None = None  # the harness's METRICS; None: undeclared
+    holdout: str | None = None  # the objective's holdout key, when the harness declares one
 
 
 def parse_goal_file(text: str, harness_metrics: dict[str, str | tuple[str, ...]] | None = None,
@@ -132,6 +138,7 @@ def parse_goal_file(text: str, harness_metrics: dict[str, str | tuple[str, ...]]
     if not goal_lines or not any(line.strip() for _, line in goal_lines):
         raise GoalFileError("the goal file has no '# Goal' section saying what to optimise")
     objective = _objective(goal_lines, vocabulary)
+    holdout = HOLDOUT_PREFIX + objective.metric
     constraints = _Constraints()
     for number, line in sections.get("constraints", []):
         constraints.read(number, line)
@@ -157,12 +164,14 @@ def parse_goal_file(text: str, harness_metrics: dict[str, str | tuple[str, ...]]
         gpus_per_experiment=constraints.values.get("gpus", 1),
         param_limit=constraints.values.get("params"),
         memory_limit_gb=constraints.values.get("memory"),
-        metrics=tuple(m for m in metrics if m != objective.metric),
+        metrics=tuple(m for m in metrics
+                      if m != objective.metric and not m.startswith(HOLDOUT_PREFIX)),
         editable_files=tuple(editable),
         protected_files=protected,
         not_enforced=tuple(constraints.not_enforced + unknown_metrics),
         text=text,
         declared_metrics=None if harness_metrics is None else tuple(harness_metrics),
+        holdout=holdout if holdout in (harness_metrics or {}) else None,
     )
 
 
@@ -228,10 +237,12 @@ class _Vocabulary:
         self.declared = harness_metrics is not None
         harness = UNDECLARED_HARNESS_METRICS if harness_metrics is None else harness_metrics
         self.phrases = {key: (phrases,) if isinstance(phrases, str) else tuple(phrases)
-                        for key, phrases in {**ENGINE_METRICS, **harness}.items()}
+                        for key, phrases in {**ENGINE_METRICS, **harness}.items()
+                        if not key.startswith(HOLDOUT_PREFIX)}
+        self.holdout = {key for key in harness if key.startswith(HOLDOUT_PREFIX)}
 
     def measures(self, key: str) -> bool:
-        return key in self.phrases
+        return key in self.phrases or key in self.holdout
 
     def named_in(self, text: str) -> list[tuple[str, str | None]]:
         """The metrics `text` names, in order, as (phrase, key): the longest phrase wins where
@@ -281,6 +292,10 @@ def _objective(goal_lines: list[tuple[int, str]], vocabulary: _Vocabulary) -> Ob
                             f"backticks ({', '.join(named)}); keep only the one to optimise")
     if named:
         vocabulary.check_key(named[0], first_line)
+        if named[0] in vocabulary.holdout:
+            raise GoalFileError(
+                f"line {first_line}: `{named[0]}` is a holdout score: it is recorded beside the "
+                f"score and never selected on; name `{named[0].removeprefix(HOLDOUT_PREFIX)}`")
         return Objective(named[0], direction, text)
     candidates = list({key or phrase: (phrase, key)
                        for phrase, key in vocabulary.named_in(_KEY.sub("", text))}.values())

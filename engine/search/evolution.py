@@ -219,7 +219,10 @@ class Evolution:
         message = result.message or (RANDOMNESS_ONLY if experiment.seed_only else "")
         attempt = Attempt(experiment.description, result.status, score,
                           parent.objective if parent.runs else None, message,
-                          diff=_diff(parent.files, experiment.files), exp_id=experiment.exp_id,
+                          # A parent the population no longer holds comes without its files:
+                          # no diff then, rather than every file shown as new.
+                          diff=_diff(parent.files, experiment.files) if parent.files else "",
+                          exp_id=experiment.exp_id,
                           log_tail=result.log_tail if result.status is Status.CRASH else "")
         self._apply(self.population.observe_child(
             experiment.island, parent, child, attempt, confirm_because=confirm_because), told)

@@ -47,8 +47,10 @@ class LiveView:
             f"{state.slots} GPU slots")
         if best.runs:
             sigma = population.sigma
+            holdout = state.holdout_of(best.commit, best.exp_id)
             score = Text.assemble(
                 ("best ", "bold green"), f"{metric} {best.objective:.4f} ",
+                f"· holdout {holdout:.4f} " if holdout is not None else "",
                 f"({best.exp_id or 'start'}) · baseline {population.baseline.objective:.4f}",
                 f" · noise σ {sigma:.4f}" if sigma else " · measuring noise")
         else:

@@ -1,6 +1,6 @@
 """The pictures of a run: the progress plot (every experiment a dot, kept ones marked, the running
-best as a step line, each kept change labelled, one colour per island) and cost and GPU
-utilisation over time.
+best as a step line, each kept change labelled, one colour per island, the holdout score of each
+promotion) and cost and GPU utilisation over time.
 
 What is drawn is decided by `progress` and `usage`, which return plain data; `draw_progress` and
 `draw_usage` only draw that data (matplotlib's Agg renderer, no display, no pyplot state), so a
@@ -23,6 +23,7 @@ ISLAND_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c
 BASELINE_COLOUR = "#555555"  # the starting code's noise runs, which belong to no island
 FAILED_COLOUR = "#d62728"
 BEST_COLOUR = "#222222"
+HOLDOUT_COLOUR = "#bc3c8c"
 LABEL_CHARS = 45
 USAGE_BINS = 60
 
@@ -51,6 +52,9 @@ class Progress:
     failed: list[tuple[float, str, str]] = field(default_factory=list)  # (x, exp_id, status)
     best: list[tuple[float, float]] = field(default_factory=list)  # the step line's corners
     labels: list[tuple[float, float, str]] = field(default_factory=list)  # (x, y, change)
+    # The holdout score of the starting code and of each promotion, where the harness reports
+    # one: beside the running best, it shows whether selection fitted the validation data.
+    holdout: list[tuple[float, float]] = field(default_factory=list)
     y_limits: tuple[float, float] | None = None  # dots outside are drawn on the edge
 
     @property
@@ -106,6 +110,10 @@ def progress(run: RunData, by: str = "number") -> Progress:
         if (is_kept or dot.kind == "baseline") and (
                 not data.best or run.is_better(dot.y, data.best[-1][1])):
             data.best.append((x, dot.y))
+        if dot.promoted or (dot.kind == "baseline" and not data.holdout):
+            holdout = run.holdout_of({row["commit"]})
+            if holdout is not None:
+                data.holdout.append((x, holdout))
     if data.best and data.dots:
         data.best.append((max(dot.x for dot in data.dots), data.best[-1][1]))
     data.y_limits = _y_limits(data)
@@ -163,6 +171,10 @@ def draw_progress(data: Progress, path: Path | BinaryIO) -> None:
     if data.best:
         axes.step([x for x, _ in data.best], [y for _, y in data.best], where="post",
                   color=BEST_COLOUR, linewidth=1.8, zorder=3, label="running best")
+    if data.holdout:
+        axes.plot([x for x, _ in data.holdout], [y for _, y in data.holdout], "D--",
+                  color=HOLDOUT_COLOUR, markersize=6, linewidth=1.2, zorder=3,
+                  label="holdout score of the starting code and each promotion (never selected on)")
     for x, y, text in data.labels:
         axes.annotate(text, (x, y), xytext=(6, 6), textcoords="offset points", fontsize=8,
                       rotation=25, rotation_mode="anchor", color="#333333", zorder=6)
@@ -200,14 +212,16 @@ def draw_usage(data: Usage, path: Path | BinaryIO) -> None:
 
 
 def _y_limits(data: Progress) -> tuple[float, float] | None:
-    """A range that shows the starting code, every kept change and the running best; far worse
-    experiments would squash it, and go on its edge instead. Failures sit on the worse edge."""
+    """A range that shows the starting code, every kept change, the running best and the holdout
+    scores; far worse experiments would squash it, and go on its edge instead. Failures sit on
+    the worse edge."""
     shown = [dot.y for dot in data.dots if dot.kept or dot.kind == "baseline"]
     shown += [y for _, y in data.best] or [dot.y for dot in data.dots]
+    shown += [y for _, y in data.holdout]
     if not shown:
         return None
     low, high = min(shown), max(shown)
-    worse = [dot.y for dot in data.dots]
+    worse = [dot.y for dot in data.dots] + [y for _, y in data.holdout]
     # Room above the starting code for the discarded changes that were not much worse.
     span = high - low or abs(high) * 0.05 or 1.0
     if data.direction == "minimize":

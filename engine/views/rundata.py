@@ -13,7 +13,7 @@ from functools import cached_property
 from pathlib import Path
 
 from engine.experiment.records import Status
-from engine.experiment.spec import GoalFileError, task_spec
+from engine.experiment.spec import HOLDOUT_PREFIX, GoalFileError, task_spec
 from engine.rundir.layout import RunDir
 from engine.rundir.repo import GitError, RunRepo
 
@@ -34,8 +34,9 @@ class RunData:
     info: dict  # run.json
     population: dict  # population.json; {} before the first result
     rows: list[dict]  # every experiment in the order its result arrived; times as epoch seconds
-    # The goal file's own metrics besides the objective (its `# Metrics`), each a column of the
-    # results: what `status` and the report show beside the objective.
+    # The objective's holdout score when the harness reports one, then the goal file's own
+    # metrics (its `# Metrics`), each a column of the results: what `status` and the report show
+    # beside the objective.
     tracked: tuple[str, ...] = ()
     _owners: dict[str, dict | None] = field(default_factory=dict, repr=False)
 
@@ -91,6 +92,18 @@ class RunData:
         runs = [r for r in self.rows if _scored(r) and r["commit"] in commits]
         return {name: _mean([r.get(name) for r in runs]) for name in self.tracked}
 
+    @property
+    def holdout(self) -> str | None:
+        """The objective's holdout key, when the harness reports one."""
+        return next((name for name in self.tracked if name.startswith(HOLDOUT_PREFIX)), None)
+
+    def holdout_of(self, commits: set[str]) -> float | None:
+        """The mean holdout score of the scored runs of `commits` (None without one)."""
+        if self.holdout is None:
+            return None
+        return _mean([r.get(self.holdout) for r in self.rows
+                      if _scored(r) and r["commit"] in commits])
+
     def is_better(self, candidate: float, reference: float) -> bool:
         return candidate < reference if self.direction == "minimize" else candidate > reference
 
@@ -126,6 +139,8 @@ class RunData:
             row = self._owner(row["parent"])
         chain.append({"exp_id": "", "objective": self.start_objective,
                       "description": "the starting code", "commit": self.start_commit or ""})
+        for step in chain:
+            step["holdout"] = self.holdout_of({step["commit"]})
         return chain[::-1]
 
     def _owner(self, commit: str) -> dict | None:
@@ -157,11 +172,13 @@ def load_run(path: Path | str) -> RunData:
 
 
 def _tracked_metrics(run_dir: RunDir, info: dict) -> tuple[str, ...]:
-    """The metrics the goal file tracks, read as the search read it: the goal file and the
+    """The objective's holdout key (when the harness declares one) and the metrics the goal file
+    tracks, read as the search read it: the goal file and the
     harness of the run's first commit. A run dir whose repository is damaged is still shown,
     without them."""
     try:
-        return task_spec(run_dir.repo().files_at(info["start_commit"])).metrics
+        spec = task_spec(run_dir.repo().files_at(info["start_commit"]))
+        return (*([spec.holdout] if spec.holdout else []), *spec.metrics)
     except (GitError, KeyError, GoalFileError):
         return ()
 

@@ -35,6 +35,7 @@ def summarise(run: RunData) -> dict:
     best_row = run.by_id.get(best["exp_id"], {}) if best else {}
     return {
         "run": run.info["run"], "metric": run.metric, "direction": run.direction,
+        "holdout": run.holdout,
         "created": run.info["created"], "last_result_at": end if rows else None,
         "elapsed_s": elapsed,
         "best": None if best is None else {
@@ -99,14 +100,20 @@ def format_status(summary: dict, now: float | None = None) -> str:
         lines.append("best: no experiment has a score yet")
     else:
         runs = f", mean of {best['runs']} runs" if best["runs"] > 1 else ""
-        lines.append(f"best: {metric} {best['objective']:.6f}{runs} ({_name(best['exp_id'])}: "
-                     f"{best['description']})")
-        if best["metrics"]:
+        tracked = dict(best["metrics"])
+        holdout = (f" · holdout {_number(tracked.pop(summary['holdout']))}"
+                   if summary["holdout"] else "")
+        lines.append(f"best: {metric} {best['objective']:.6f}{holdout}{runs} "
+                     f"({_name(best['exp_id'])}: {best['description']})")
+        if tracked:
             lines.append("  tracked: " + " · ".join(f"{name} {format_metric(value)}"
-                                                    for name, value in best["metrics"].items()))
-        lines.append("lineage:")
+                                                    for name, value in tracked.items()))
+        # Validation and holdout side by side: where they part ways, selection has fitted the
+        # validation data.
+        lines.append("lineage:" + (f" {metric}, holdout" if summary["holdout"] else ""))
         lines += [f"  {_name(step['exp_id']):7} {_number(step['objective']):>10}  "
-                  f"{step['description']}" for step in summary["lineage"]]
+                  + (f"{_number(step['holdout']):>10}  " if summary["holdout"] else "")
+                  + step["description"] for step in summary["lineage"]]
     baseline, sigma = summary["baseline"], summary["noise_sigma"]
     if baseline:
         lines.append(f"baseline: {_name(baseline['exp_id'])} {_number(baseline['objective'])} · "

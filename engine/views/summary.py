@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from engine.experiment.records import Kind, Result
+from engine.experiment.records import Kind, Result, Status
 
 
 @dataclass
@@ -22,6 +22,11 @@ class Summary:
     spent_usd: float = 0.0  # what the agents' proposals cost
     finished_before: int = 0  # experiments finished before this process resumed the run
     running: list = field(default_factory=list)  # the experiments on GPUs now
+    holdout_key: str | None = None  # the objective's holdout score, when the harness has one
+    # For the live view's best line only (the search never reads them): holdout scores by
+    # commit, and the commit of each experiment that has one.
+    _holdout: dict[str, list[float]] = field(default_factory=dict)
+    _commits: dict[str, str] = field(default_factory=dict)
 
     def add(self, result: Result) -> None:
         """Count one result."""
@@ -30,6 +35,17 @@ class Summary:
             self.finished += 1
             self.by_kind[str(result.kind)] += 1
             self.busy_s += result.gpu_seconds
+        holdout = result.metrics.get(self.holdout_key) if self.holdout_key else None
+        if holdout is not None and result.status is Status.OK:
+            self._holdout.setdefault(result.commit, []).append(holdout)
+            self._commits[result.exp_id] = result.commit
+
+    def holdout_of(self, commit: str, exp_id: str) -> float | None:
+        """The mean holdout score of the runs of a member of the population: those of its
+        commit, and of its experiment's (a promoted winner's baseline commit is a merge)."""
+        values = [value for code in {commit, self._commits.get(exp_id)} if code
+                  for value in self._holdout.get(code, [])]
+        return sum(values) / len(values) if values else None
 
     @classmethod
     def of(cls, results: list[Result], started_at: float) -> Summary:

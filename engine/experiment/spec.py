@@ -33,6 +33,7 @@ DEFAULT_EDITABLE = ("train.py",)
 ENGINE_METRICS = {
     "loss_spikes": ("training stability", "stability", "loss spikes"),
     "steps": ("training steps",),
+    "steps_per_s": ("training speed", "training throughput", "steps per second"),
     "final_train_loss": ("final training loss", "training loss"),
     "peak_memory_gb": ("peak memory", "memory use"),
 }

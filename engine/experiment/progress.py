@@ -92,9 +92,10 @@ class ProgressFile:
             text = progress.read(READ_LIMIT_BYTES).decode(errors="replace")
         for record in _records(text):
             if (reported := _step_of(record)) is not None:
-                for column, value in zip((found.steps, found.losses, found.times), reported,
-                                         strict=True):
-                    column.append(value)
+                step, loss, at = reported
+                found.steps.append(step)
+                found.losses.append(loss)
+                found.times.append(at)
             if _is_number(record.get("peak_cuda_memory_gb")):
                 found.peak_cuda_gb = float(record["peak_cuda_memory_gb"])
             if _is_number(record.get("export_s")):

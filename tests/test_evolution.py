@@ -183,21 +183,23 @@ def trained(experiment, score, metrics, curve, status=Status.OK):
 
 def measured_story(core):
     """The starting code's noise runs, then on island 0 a bigger model that trained fewer steps,
-    a change that crashed before its first step, and a refused proposal; returns the results."""
-    results = [trained(experiment, score, {**START_RUN, "steps": 3100.0 + k}, START_CURVE)
-               for k, (experiment, score) in enumerate(zip(core.noise_runs(), (2.0, 2.1, 1.9),
-                                                           strict=True))]
+    a change that crashed before its first step, and a refused proposal, told as the driver tells
+    them; returns the results."""
+    noise = core.noise_runs()
+    told = [(experiment, trained(experiment, score, {**START_RUN, "steps": 3100.0 + k},
+                                 START_CURVE))
+            for k, (experiment, score) in enumerate(zip(noise, (2.0, 2.1, 1.9), strict=True))]
     bigger = proposal(core, 0, core.parent(0), 1)
     broken = proposal(core, 0, core.parent(0), 2)
     ask_all(core)
-    results += [trained(bigger, 1.95, BIGGER_RUN, BIGGER_CURVE),
-                trained(broken, None, {"steps": 0.0}, [], status=Status.CRASH)]
+    told += [(bigger, trained(bigger, 1.95, BIGGER_RUN, BIGGER_CURVE)),
+             (broken, trained(broken, None, {"steps": 0.0}, [], status=Status.CRASH))]
     refused, refusal = core.admit(0, core.parent(0), RuntimeError("no reply"), "a")
-    results.append(Result.of(refused, None, run="run", budget_s=300.0, status=Status.REJECTED,
-                             message=refusal))
-    for result in results:
-        core.tell(result)
-    return results
+    told.append((refused, Result.of(refused, None, run="run", budget_s=300.0,
+                                    status=Status.REJECTED, message=refusal)))
+    for experiment, result in told:
+        core.tell(result, experiment)
+    return [result for _, result in told]
 
 
 def test_an_experiment_that_trained_carries_what_it_measured_beside_its_parents(core):

@@ -3,8 +3,10 @@
 The words come from the templates in agents/prompts/ (`string.Template`: `$name` placeholders,
 `$$` for a dollar sign), which a user may read and change. The island's history is what grows
 over a night, so it is what gives way: the newest attempts are shown in full (description,
-outcome, diff, why it was refused, the end of the log of a crash), older ones in one line each,
-the oldest not at all, until the estimate fits the budget. The goal and the code never give way.
+outcome, what its training measured and its loss curve beside its parent's, diff, why it was
+refused, the end of the log of a crash), older ones in a line each and a line of what they
+measured, the oldest not at all, until the estimate fits the budget. The goal and the code never
+give way.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.protocol import Attempt, ProposalContext
+from engine.protocol import Attempt, Measured, ProposalContext
 
 PROMPTS = Path(__file__).parent / "prompts"
 # Tokens are estimated, not counted: the estimate must be cheap, the same on every machine and for
@@ -29,6 +31,11 @@ DIFF_CHARS = 4000  # what one attempt may show of its diff, its log tail, its me
 LOG_CHARS = 1500
 MESSAGE_CHARS = 500
 LINE_MESSAGE_CHARS = 150
+# What a training measured, as shown: (label, Measured field, format)
+MEASURES = (("steps", "steps", "{:,}"), ("steps/s", "steps_per_s", "{:.3g}"),
+            ("params", "params", "{:,}"), ("peak memory GB", "peak_memory_gb", "{:.3g}"),
+            ("final train loss", "final_train_loss", "{:.4g}"),
+            ("loss spikes", "loss_spikes", "{}"))
 PLACEHOLDERS = ("goal", "scores", "code", "history", "leaderboard", "promotions", "forbidden",
                 "objective", "direction", "editable", "reply_format", "error")
 
@@ -181,12 +188,22 @@ def _attempt_line(attempt: Attempt, context: ProposalContext) -> str:
     line = f"{attempt.exp_id or '?'} ({_outcome(attempt, context)}): {_one_line(attempt)}"
     if attempt.message:
         line += f" [{_clip(' '.join(attempt.message.split()), LINE_MESSAGE_CHARS)}]"
+    if attempt.measured:
+        line += f"\n  {_measures(attempt.measured, attempt.parent_measured or Measured())}"
     return line
 
 
 def _attempt_full(attempt: Attempt, context: ProposalContext) -> str:
     parts = [f"### {attempt.exp_id or '?'}: {_one_line(attempt)}",
              f"Outcome: {_outcome(attempt, context)}."]
+    if attempt.measured:
+        parent = attempt.parent_measured or Measured()
+        parts.append(f"Measured: {_measures(attempt.measured, parent)}")
+        if attempt.measured.loss_curve:
+            curve = f"Training loss {_curve(attempt.measured.loss_curve)}"
+            if parent.loss_curve:
+                curve += f" (parent {_curve(parent.loss_curve)})"
+            parts.append(curve)
     if attempt.message:
         parts.append(f"Why: {_clip(attempt.message.strip(), MESSAGE_CHARS)}")
     if attempt.diff.strip():
@@ -211,6 +228,21 @@ def _outcome(attempt: Attempt, context: ProposalContext) -> str:
     else:
         verdict = "worse than"
     return f"{text}, {verdict} its parent's {_number(parent)}"
+
+
+def _measures(measured: Measured, parent: Measured) -> str:
+    """What a training measured, each beside its parent's value where that is known."""
+    shown = []
+    for label, name, form in MEASURES:
+        value, before = getattr(measured, name), getattr(parent, name)
+        if value is not None:
+            text = f"{label} {form.format(value)}"
+            shown.append(text if before is None else f"{text} (parent {form.format(before)})")
+    return " · ".join(shown)
+
+
+def _curve(points: tuple[tuple[int, float], ...]) -> str:
+    return "at step " + ", ".join(f"{step}: {loss:.4g}" for step, loss in points)
 
 
 def _headline(attempt: Attempt, objective: str) -> str:

@@ -14,8 +14,8 @@ import random
 import re
 import time
 
+from engine.experiment.progress import Progress, ProgressCallback
 from engine.experiment.records import ExperimentResult
-from engine.experiment.runner import Progress, ProgressCallback
 from engine.experiment.spec import Spec
 
 OPTIMUM = {"LEARNING_RATE": 0.01, "BATCH_SIZE": 32, "N_EMBD": 128, "WARMUP_FRACTION": 0.05}

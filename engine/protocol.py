@@ -14,7 +14,21 @@ from typing import Protocol
 # to avoid proposing one.
 from engine.experiment.checks import code_hash
 
-__all__ = ["Agent", "Attempt", "Proposal", "ProposalContext", "code_hash"]
+__all__ = ["Agent", "Attempt", "Measured", "Proposal", "ProposalContext", "code_hash"]
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What the engine measured of one training run (engine/experiment/progress.py); None where
+    it was not measured (a harness that reports no `params`, a run that crashed before scoring)."""
+
+    steps: int | None = None  # training steps within the time budget
+    steps_per_s: float | None = None  # training throughput
+    params: int | None = None  # the model's parameter count, as the harness counted it
+    peak_memory_gb: float | None = None  # peak GPU memory (or the process tree's, on CPU)
+    final_train_loss: float | None = None  # the mean training loss of the last 10 steps
+    loss_spikes: int | None = None  # steps whose loss exceeded 1.5x the median of the 10 before
+    loss_curve: tuple[tuple[int, float], ...] = ()  # (step, training loss), up to 6 points
 
 
 @dataclass(frozen=True)
@@ -29,6 +43,8 @@ class Attempt:
     diff: str = ""  # the change, as a unified diff against its parent
     log_tail: str = ""  # the end of train.py's output, for crashes
     exp_id: str = ""
+    measured: Measured | None = None  # None when it never trained (refused, or crashed at once)
+    parent_measured: Measured | None = None  # the same of the code it changed
 
 
 @dataclass(frozen=True)

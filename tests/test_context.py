@@ -8,7 +8,7 @@ from agents.context import (
     proposal_messages,
     repair_messages,
 )
-from engine.protocol import Attempt, ProposalContext
+from engine.protocol import Attempt, Measured, ProposalContext
 
 CODE = "LEARNING_RATE = 3e-3\nN_LAYER = 4\n\nprint('training')\n"
 GOAL = "# Goal\nMinimize val_bpb of a tiny byte-level model.\n"
@@ -19,6 +19,17 @@ def attempt(number: int, **fields) -> Attempt:
               "parent_objective": 3.6, "exp_id": f"e{number:05d}",
               "diff": f"-N_LAYER = 4\n+N_LAYER = {number}\n"}
     return Attempt(**{**values, **fields})
+
+
+PARENT_RUN = Measured(steps=3100, steps_per_s=10.3, params=858_880, peak_memory_gb=0.8,
+                      final_train_loss=2.5, loss_spikes=1,
+                      loss_curve=((0, 5.5), (620, 3.0), (3099, 2.5)))
+BIGGER_RUN = Measured(steps=1840, steps_per_s=6.1, params=3_400_000, peak_memory_gb=1.9,
+                      final_train_loss=2.4, loss_spikes=0,
+                      loss_curve=((0, 5.6), (368, 2.9), (1839, 2.4)))
+BIGGER_MEASURED = ("steps 1,840 (parent 3,100) · steps/s 6.1 (parent 10.3) · params 3,400,000 "
+                   "(parent 858,880) · peak memory GB 1.9 (parent 0.8) · final train loss 2.4 "
+                   "(parent 2.5) · loss spikes 0 (parent 1)")
 
 
 def context(history=(), **fields) -> ProposalContext:
@@ -56,6 +67,62 @@ def test_recent_experiments_show_their_diff_outcome_refusal_and_crash_log():
     assert "+N_LAYER = 1" in text
     assert "Outcome: crash." in text and "RuntimeError: shape mismatch" in text
     assert "Why: refused: it changes nothing" in text
+
+
+def test_an_experiment_that_trained_shows_what_it_measured_beside_its_parents_values():
+    text = prompt(context([attempt(1, measured=BIGGER_RUN, parent_measured=PARENT_RUN)]))
+    block = text[text.index("### e00001"):]
+    assert block.splitlines()[1:4] == [
+        "Outcome: ok, val_bpb 3.5, better than its parent's 3.6.",
+        f"Measured: {BIGGER_MEASURED}",
+        "Training loss at step 0: 5.6, 368: 2.9, 1839: 2.4 "
+        "(parent at step 0: 5.5, 620: 3, 3099: 2.5)"]
+
+
+def test_what_was_not_measured_is_left_out():
+    crashed = Measured(steps=120, steps_per_s=9.8, peak_memory_gb=0.7, final_train_loss=4.1,
+                       loss_spikes=3)  # no params: the harness never scored it
+    text = prompt(context([attempt(1, status="crash", objective=None, measured=crashed)]))
+    assert ("Measured: steps 120 · steps/s 9.8 · peak memory GB 0.7 · final train loss 4.1 · "
+            "loss spikes 3\n") in text
+    assert "Training loss" not in text and "(parent" not in text
+
+
+def test_an_experiment_that_did_not_run_shows_no_measurements():
+    history = [attempt(1, status="rejected", objective=None, message="refused: it changes nothing",
+                       diff="", parent_measured=PARENT_RUN),
+               attempt(2, status="crash", objective=None, message="train.py exited with status 1",
+                       parent_measured=PARENT_RUN)]
+    for ctx in (context(history), context(history * 10)):  # in full, and in a line each
+        text = prompt(ctx)
+        assert "Measured:" not in text and "Training loss at" not in text
+        assert "(parent " not in text and "3,100" not in text
+
+
+def test_older_experiments_keep_a_line_of_what_they_measured_without_the_curve():
+    history = [attempt(n, measured=BIGGER_RUN, parent_measured=PARENT_RUN) for n in range(1, 9)]
+    text = prompt(context(history))
+    assert (f"- e00001 (ok, val_bpb 3.5, better than its parent's 3.6): change number 1\n"
+            f"  {BIGGER_MEASURED}\n") in text
+    assert text.count("Training loss at") == 5, "only the experiments shown in full"
+
+
+def test_long_histories_with_measurements_stay_within_the_budget_oldest_compressed_first():
+    history = [attempt(n, measured=BIGGER_RUN, parent_measured=PARENT_RUN,
+                       diff="".join(f"-x = {i}\n+x = {i + n}\n" for i in range(40)))
+               for n in range(1, 301)]
+    full_sizes = []
+    for budget in (1_500, 3_000, 6_000, 12_000):
+        messages = proposal_messages(context(history), Templates.load(), budget)
+        text = "\n".join(m["content"] for m in messages)
+        assert messages_tokens(messages) <= budget
+        shown = [n for n in range(1, 301) if f"e{n:05d} (" in text or f"### e{n:05d}:" in text]
+        assert shown == list(range(shown[0], 301)), "what is left out is the oldest"
+        assert f"### e00300: change number 300\nOutcome: ok, val_bpb 3.5, better than its " \
+               f"parent's 3.6.\nMeasured: {BIGGER_MEASURED}" in text
+        full_sizes.append(text.count("\nMeasured: "))
+        assert text.count(BIGGER_MEASURED) == len(shown)
+    assert full_sizes[0] < full_sizes[-1] == 5, "a bigger budget shows more in full"
 
 
 def test_the_leaderboard_and_the_promotions_of_every_island_are_shown():

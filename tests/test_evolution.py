@@ -6,9 +6,17 @@ from pathlib import Path
 
 import pytest
 
-from engine.experiment.records import ExperimentResult, Kind, Outcome, Result, Status
+from engine.experiment.records import (
+    ExperimentResult,
+    Kind,
+    Outcome,
+    Result,
+    Status,
+    metric_columns,
+)
 from engine.experiment.task import load_task, template_path
-from engine.protocol import Proposal
+from engine.protocol import Measured, Proposal
+from engine.rundir.store import ResultStore
 from engine.search.evolution import Evolution
 from engine.search.options import SearchOptions
 from engine.search.population import Member
@@ -60,6 +68,10 @@ def test_the_core_imports_no_ray_git_threads_or_file_io():
 
 @pytest.fixture
 def core():
+    return new_core()
+
+
+def new_core():
     task = load_task(template_path())
     options = SearchOptions(agents=2, noise_seeds=3, confirm_seeds=2, tune_trials=0)
     merges = []
@@ -151,6 +163,74 @@ def test_a_rejected_result_is_told_to_its_islands_agent(core):
     [attempt] = core.population.islands[0].history
     assert attempt.status == "rejected" and attempt.message == "the agent failed: no reply"
     assert core.context(0, parent).history == (attempt,)
+
+
+# What the runner reports of a training: its metrics and loss curve (engine/experiment/progress.py)
+START_RUN = {"steps": 3100.0, "steps_per_s": 10.3, "params": 858_880.0, "peak_memory_gb": 0.8,
+             "final_train_loss": 2.5, "loss_spikes": 1.0}
+START_CURVE = [(0, 5.5), (620, 3.0), (3099, 2.5)]
+BIGGER_RUN = {"steps": 1840.0, "steps_per_s": 6.1, "params": 3_400_000.0, "peak_memory_gb": 1.9,
+              "final_train_loss": 2.4, "loss_spikes": 0.0}
+BIGGER_CURVE = [(0, 5.6), (368, 2.9), (1839, 2.4)]
+
+
+def trained(experiment, score, metrics, curve, status=Status.OK):
+    """The result of `experiment` whose training measured `metrics` and `curve`."""
+    result = ExperimentResult(status, score if status is Status.OK else None,
+                              metrics=dict(metrics), loss_curve=list(curve))
+    return Result.of(experiment, Outcome(result, 0.0, 1.0), run="run", budget_s=300.0)
+
+
+def measured_story(core):
+    """The starting code's noise runs, then on island 0 a bigger model that trained fewer steps,
+    a change that crashed before its first step, and a refused proposal, told as the driver tells
+    them; returns the results."""
+    noise = core.noise_runs()
+    told = [(experiment, trained(experiment, score, {**START_RUN, "steps": 3100.0 + k},
+                                 START_CURVE))
+            for k, (experiment, score) in enumerate(zip(noise, (2.0, 2.1, 1.9), strict=True))]
+    bigger = proposal(core, 0, core.parent(0), 1)
+    broken = proposal(core, 0, core.parent(0), 2)
+    ask_all(core)
+    told += [(bigger, trained(bigger, 1.95, BIGGER_RUN, BIGGER_CURVE)),
+             (broken, trained(broken, None, {"steps": 0.0}, [], status=Status.CRASH))]
+    refused, refusal = core.admit(0, core.parent(0), RuntimeError("no reply"), "a")
+    told.append((refused, Result.of(refused, None, run="run", budget_s=300.0,
+                                    status=Status.REJECTED, message=refusal)))
+    for experiment, result in told:
+        core.tell(result, experiment)
+    return [result for _, result in told]
+
+
+def test_an_experiment_that_trained_carries_what_it_measured_beside_its_parents(core):
+    measured_story(core)
+    bigger, broken, refused = core.population.islands[0].history
+    assert bigger.measured == Measured(
+        steps=1840, steps_per_s=6.1, params=3_400_000, peak_memory_gb=1.9, final_train_loss=2.4,
+        loss_spikes=0, loss_curve=((0, 5.6), (368, 2.9), (1839, 2.4)))
+    # The parent's values are those of its first scored run (here the first noise run).
+    assert bigger.parent_measured == Measured(
+        steps=3100, steps_per_s=10.3, params=858_880, peak_memory_gb=0.8, final_train_loss=2.5,
+        loss_spikes=1, loss_curve=((0, 5.5), (620, 3.0), (3099, 2.5)))
+    assert broken.status == "crash" and broken.measured is None
+    assert broken.parent_measured == bigger.parent_measured
+    assert refused.status == "rejected" and refused.measured is None
+
+
+def test_a_resumed_search_shows_the_same_measurements_from_the_stored_results(core, tmp_path):
+    store = ResultStore(tmp_path, metric_columns(core.spec))
+    for result in measured_story(core):
+        store.append(result)
+    replayed = new_core()
+    for result in store.results():
+        replayed.tell(result)
+
+    def shown(evolution):
+        return [(a.exp_id, a.measured, a.parent_measured)
+                for a in evolution.population.islands[0].history]
+
+    assert shown(replayed) == shown(core)
+    assert shown(core)[0][1] is not None
 
 
 def test_a_pinned_confirmation_waits_while_its_gpu_model_is_busy_and_others_pass(core):

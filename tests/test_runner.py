@@ -26,8 +26,36 @@ def test_the_bundled_task_trains_far_below_the_untrained_loss(template):
     assert result.metrics["inference_tokens_per_s"] > 0
     assert result.metrics["peak_memory_gb"] > 0
     assert "loss_spikes" in result.metrics
+    assert result.metrics["steps_per_s"] > 0
+    assert result.loss_curve[0][0] == 0
+    assert len(result.loss_curve) == min(6, result.metrics["steps"])
+    assert result.loss_curve[-1][1] == result.metrics["final_train_loss"]
     assert result.seed == 1 and result.budget_s == 10
     assert result.data_fingerprint
+
+
+def test_steps_throughput_spikes_and_a_six_point_loss_curve_come_from_the_progress_file(
+        template):
+    # 100 steps, four a second by train.py's clock, the loss falling by 0.02 a step but for a
+    # spike at step 45; then train.py ends without a model: what it trained is measured still.
+    source = (
+        "import json, os\n"
+        "with open(os.environ['AUTORESEARCH_PROGRESS_OUT'], 'a') as progress:\n"
+        "    for step in range(100):\n"
+        "        loss = 9.0 if step == 45 else 5.0 - step / 50\n"
+        "        progress.write(json.dumps({'step': step, 'loss': loss, 'time': 1e9 + step / 4})"
+        " + '\\n')\n"
+    )
+    result = run_experiment(with_train(template.files, source), template.spec, seed=0, budget_s=5)
+    assert result.status == "crash"
+    assert result.metrics["steps"] == 100
+    assert result.metrics["steps_per_s"] == pytest.approx(4.0)
+    assert result.metrics["loss_spikes"] == 1
+    # Each point is the mean of the ten steps up to it; none of these windows holds the spike.
+    mean_up_to = {step: 5.0 - (step - 4.5) / 50 for step in (20, 40, 59, 79, 99)}
+    assert result.loss_curve == [(0, 5.0), *((step, pytest.approx(loss))
+                                             for step, loss in mean_up_to.items())]
+    assert result.metrics["final_train_loss"] == pytest.approx(mean_up_to[99])
 
 
 def test_a_crashing_candidate_is_a_crash_with_its_error(template):

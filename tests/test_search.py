@@ -64,6 +64,11 @@ def test_a_real_search_trains_several_at_once_commits_each_and_promotes_a_confir
         if row["agent"] == "offline":
             assert row["description"].startswith("LEARNING_RATE")
     assert len({r["seed"] for r in ran}) == len(ran), "two experiments shared a seed"
+    shown = [a for island in search.population.islands for a in island.history
+             if a.status == "ok"]
+    assert shown and all(a.measured.steps > 0 and a.measured.loss_curve
+                         and a.parent_measured.steps > 0 for a in shown), \
+        "the agents see what each experiment's training measured, and its parent's"
 
     winner = next(r for r in ran if r["description"] == "scripted edit 1")
     assert [m.exp_id for m in search.population.promotions] == [winner["exp_id"]]

@@ -109,6 +109,21 @@ def test_reopening_with_other_metrics_raises(tmp_path):
         ResultStore(tmp_path, ["val_bpb"])
 
 
+def test_a_run_dir_from_before_a_column_was_added_gets_it_null_and_takes_new_rows(tmp_path):
+    # Written by a version without the loss curve column and the steps_per_s metric.
+    ResultStore(tmp_path, METRICS).append_row(row(0))
+    (old_part,) = tmp_path.iterdir()
+    pq.write_table(pq.read_table(old_part).drop_columns(["loss_curve"]), old_part)
+    store = ResultStore(tmp_path, [*METRICS, "steps_per_s"])
+    store.append_row(row(1, steps_per_s=9.5, loss_curve="[[0, 5.5], [99, 2.0]]"))
+    (old, new) = ResultStore(tmp_path, [*METRICS, "steps_per_s"]).rows()
+    assert (old["exp_id"], old["val_bpb"], old["loss_curve"], old["steps_per_s"]) == (
+        "e0", 3.0, None, None)
+    assert (new["loss_curve"], new["steps_per_s"]) == ("[[0, 5.5], [99, 2.0]]", 9.5)
+    table = ds.dataset(tmp_path).to_table()  # one schema again, for any reader
+    assert table["loss_curve"].to_pylist() == [None, "[[0, 5.5], [99, 2.0]]"]
+
+
 def test_log_tail_keeps_its_last_4000_characters(tmp_path):
     store = ResultStore(tmp_path, METRICS)
     store.append_row(row(0, log_tail="start\n" + "x" * 3999 + "E"))

@@ -14,8 +14,9 @@ import ray
 from ray.tune.search.optuna import OptunaSearch
 
 from benchmarks.null_experiment import null_experiment
+from engine.experiment.progress import Progress
 from engine.experiment.records import ExperimentResult, Job
-from engine.experiment.runner import Progress, run_experiment
+from engine.experiment.runner import run_experiment
 from engine.search.ray_pool import RayPool
 from engine.tuning.refinement import Refinement
 from tests.conftest import with_train

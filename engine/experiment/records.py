@@ -11,6 +11,7 @@ row read from Parquet compares equal to them.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -19,7 +20,8 @@ from enum import StrEnum
 from engine.experiment.spec import Spec
 
 # What every experiment measures beside the goal file's own metrics (engine/experiment/runner.py).
-STANDARD_METRICS = ("params", "peak_memory_gb", "steps", "final_train_loss", "loss_spikes")
+STANDARD_METRICS = ("params", "peak_memory_gb", "steps", "steps_per_s", "final_train_loss",
+                    "loss_spikes")
 
 
 def metric_columns(spec: Spec) -> list[str]:
@@ -66,7 +68,8 @@ class Status(StrEnum):
 @dataclass
 class ExperimentResult:
     """What the runner measured of one training. Every number here was measured by the engine or
-    the harness, except `steps` and `loss_spikes`, which come from the losses train.py reported."""
+    the harness, except `steps`, `steps_per_s`, `final_train_loss`, `loss_spikes` and the loss
+    curve, which come from the steps train.py reported (engine/experiment/progress.py)."""
 
     status: Status  # OK, CRASH, TIMEOUT, INVALID (or STOPPED, for a trial ASHA cut)
     objective: float | None  # the spec's objective metric, when the harness could score the model
@@ -81,6 +84,7 @@ class ExperimentResult:
     log_tail: str = ""  # the end of train.py's output
     left_behind: int = 0  # processes train.py left running, killed by the runner
     data_fingerprint: str = ""  # which data the harness scored against
+    loss_curve: list[tuple[int, float]] = field(default_factory=list)  # (step, training loss)
 
     def __post_init__(self) -> None:
         self.status = Status(self.status)  # a run function may name it by its string
@@ -202,6 +206,8 @@ class Result:
     accelerator: str = ""
     trial: str = ""  # a knob trial: Tune's id
     knobs: str = ""  # a knob trial: its values, as JSON
+    # The training loss at a few steps evenly spaced over the run (engine/experiment/progress.py)
+    loss_curve: tuple[tuple[int, float], ...] = ()
     metrics: dict[str, float | None] = field(default_factory=dict)
 
     @property
@@ -243,12 +249,14 @@ class Result:
             result.node, result.gpu, result.accelerator = (outcome.node, outcome.gpu,
                                                            outcome.accelerator)
             result.metrics = dict(trained.metrics)
+            result.loss_curve = tuple((int(step), float(loss)) for step, loss in trained.loss_curve)
         return result
 
     def to_row(self) -> dict:
         """The row's columns: the fixed ones, then every metric."""
         row = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "metrics"}
         row["kind"], row["status"] = str(self.kind), str(self.status)
+        row["loss_curve"] = json.dumps(self.loss_curve) if self.loss_curve else None
         return {**row, **self.metrics}
 
     @classmethod
@@ -263,5 +271,7 @@ class Result:
         values["left_behind"], values["tokens"] = (values.get("left_behind") or 0,
                                                    values.get("tokens") or 0)
         values["kind"], values["status"] = Kind(row["kind"]), Status(row["status"])
+        values["loss_curve"] = tuple((int(step), float(loss))  # a row from before it had one: ()
+                                     for step, loss in json.loads(row.get("loss_curve") or "[]"))
         metrics = {name: value for name, value in row.items() if name not in fixed}
         return cls(**values, metrics=metrics)

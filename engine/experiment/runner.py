@@ -17,20 +17,22 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import stat
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 import psutil
 
 from engine.experiment import environment
+from engine.experiment.progress import (
+    ProgressCallback,
+    ProgressFile,
+    ProgressReader,
+    open_regular,
+)
 from engine.experiment.records import ExperimentResult, Status
 from engine.experiment.spec import HARNESS_FILE, Spec
 
@@ -41,25 +43,12 @@ SUPERVISOR = Path(__file__).with_name("supervise.py")
 # processes and a few MB of output; more is a fork bomb or a print in a hot loop.
 MAX_PROCESSES = 1024
 MAX_LOG_BYTES = 256 * 2**20
-READ_LIMIT_BYTES = 64 * 2**20  # of a file the candidate wrote (its progress), read by the runner
 POLL_S = 0.2  # how often the runner looks at the supervisor and at train.py's progress
 # The folder that holds this installation's packages: train.py and the harness run with it on
 # their path, so that a harness built on the kit (autoresearch/kit.py) imports the kit of the
 # engine that runs it, whatever folder they run in.
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-
-
-@dataclass(frozen=True)
-class Progress:
-    """One training step as train.py reported it (prepare.report), while it trains."""
-
-    step: int
-    loss: float  # the training loss of that step
-    elapsed_s: float  # seconds since train.py reported its first step, by train.py's clock
-
-
-ProgressCallback = Callable[[Progress], None]
 
 
 def default_grace_s(budget_s: float) -> float:
@@ -128,12 +117,13 @@ def run_experiment(
             [sys.executable, "train.py"], cwd=work, env=training_env,
             deadline_s=budget + grace, memory_limit_gb=spec.memory_limit_gb,
             log_path=Path(tmp, "train.log"), report_path=Path(tmp, "train.report.json"),
-            on_poll=_ProgressReader(progress_path, on_progress) if on_progress else None,
+            on_poll=ProgressReader(progress_path, on_progress) if on_progress else None,
         )
         result.train_wall_s, result.left_behind = train["wall_s"], train["left_behind"]
         result.log_tail = _tail(Path(tmp, "train.log"))
-        progress = _read_progress(progress_path)
-        result.metrics.update(_stability(progress.losses))
+        progress = ProgressFile.read(progress_path)
+        result.metrics.update(progress.measures())
+        result.loss_curve = progress.loss_curve()
         result.metrics["peak_memory_gb"] = progress.peak_cuda_gb or train["peak_rss_gb"]
         if progress.first_step_at is not None:
             result.startup_s = progress.first_step_at - launched_at
@@ -294,91 +284,9 @@ def _kill_supervised(process: subprocess.Popen) -> None:
     process.wait()
 
 
-class _ProgressReader:
-    """Hands each step train.py appends to its progress file to a callback, as it appears."""
-
-    def __init__(self, path: Path, callback: ProgressCallback) -> None:
-        self.path, self.callback = path, callback
-        self.offset = 0  # bytes already read: only whole lines are consumed
-        self.first_time: float | None = None
-
-    def __call__(self) -> None:
-        progress = _open_regular(self.path)
-        if progress is None:
-            return
-        with progress:
-            progress.seek(self.offset)
-            chunk = progress.read(READ_LIMIT_BYTES)
-        whole = chunk[: chunk.rfind(b"\n") + 1]
-        self.offset += len(whole)
-        for line in whole.decode(errors="replace").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if not (isinstance(record, dict) and _is_number(record.get("loss"))
-                    and _is_number(record.get("time")) and _is_number(record.get("step"))):
-                continue
-            if self.first_time is None:
-                self.first_time = float(record["time"])
-            self.callback(Progress(int(record["step"]), float(record["loss"]),
-                                   float(record["time"]) - self.first_time))
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-@dataclass
-class _ProgressFile:
-    """What train.py's progress file held once it ended."""
-
-    losses: list[float]
-    peak_cuda_gb: float | None = None  # the kit's hand-over, on a GPU
-    first_step_at: float | None = None  # wall-clock time of the first reported step
-    export_s: float | None = None  # how long the kit's hand-over took
-
-
-def _read_progress(path: Path) -> _ProgressFile:
-    found = _ProgressFile([])
-    progress = _open_regular(path)
-    if progress is not None:
-        with progress:
-            text = progress.read(READ_LIMIT_BYTES).decode(errors="replace")
-        for line in text.splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if not isinstance(record, dict):
-                continue
-            if _is_number(record.get("loss")):
-                found.losses.append(float(record["loss"]))
-                if found.first_step_at is None and _is_number(record.get("time")):
-                    found.first_step_at = float(record["time"])
-            if _is_number(record.get("peak_cuda_memory_gb")):
-                found.peak_cuda_gb = float(record["peak_cuda_memory_gb"])
-            if _is_number(record.get("export_s")):
-                found.export_s = float(record["export_s"])
-    return found
-
-
-def _stability(losses: list[float], window: int = 10, spike_ratio: float = 1.5) -> dict:
-    """Training steps, final training loss and loss spikes: steps whose loss exceeds the median
-    of the `window` steps before it by `spike_ratio`."""
-    if not losses:
-        return {"steps": 0.0}
-    spikes = sum(
-        1 for i in range(window, len(losses))
-        if losses[i] > spike_ratio * statistics.median(losses[i - window : i])
-    )
-    final = statistics.fmean(losses[-window:])
-    return {"steps": float(len(losses)), "final_train_loss": final, "loss_spikes": float(spikes)}
-
-
 def _tail(path: Path, lines: int = LOG_TAIL_LINES, limit_bytes: int = 64 * 1024) -> str:
     """The last `lines` lines of a log, read from its last `limit_bytes` only."""
-    log = _open_regular(path)
+    log = open_regular(path)
     if log is None:
         return ""
     with log:
@@ -389,19 +297,6 @@ def _tail(path: Path, lines: int = LOG_TAIL_LINES, limit_bytes: int = 64 * 1024)
 def _is_plain_file(path: Path) -> bool:
     """A regular file, not a link (to /dev/zero, a pipe, a file elsewhere) the candidate left."""
     return path.is_file() and not path.is_symlink()
-
-
-def _open_regular(path: Path) -> BinaryIO | None:
-    """`path` open for reading if it is a regular file and not a link; None otherwise. Opened
-    without blocking, so that a pipe the candidate swaps in at any moment cannot hang the runner."""
-    try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
-    except OSError:
-        return None
-    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
-        os.close(descriptor)
-        return None
-    return os.fdopen(descriptor, "rb")
 
 
 def _last_line(text: str) -> str:

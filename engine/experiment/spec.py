@@ -38,6 +38,7 @@ HOLDOUT_PREFIX = "holdout_"  # a harness key reported for the record only, never
 ENGINE_METRICS = {
     "loss_spikes": ("training stability", "stability", "loss spikes"),
     "steps": ("training steps",),
+    "steps_per_s": ("training speed", "training throughput", "steps per second"),
     "final_train_loss": ("final training loss", "training loss"),
     "peak_memory_gb": ("peak memory", "memory use"),
 }

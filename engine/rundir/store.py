@@ -3,7 +3,8 @@
 The folder (a run's `results/`) reads as one table without this project, through
 `pyarrow.dataset.dataset("results")`, DuckDB's `read_parquet('results/*.parquet')` or pandas'
 `read_parquet("results")`: every part file has one schema, the fixed columns of ROW_FIELDS and then
-a nullable float64 column per metric the store was opened with.
+a nullable float64 column per metric the store was opened with. A run dir written before a
+nullable column was added gets it, null in its old rows, when a store opens it.
 
 Each `append` writes its row as a new part file, `part-<first>-<last>.parquet` (the zero-padded
 sequence numbers of the rows it holds), under a temporary name that readers skip (a leading dot, a
@@ -36,7 +37,7 @@ import pyarrow.parquet as pq
 from engine.experiment.records import Result, Status
 
 _S, _F, _T = pa.string(), pa.float64(), pa.timestamp("ms", tz="UTC")
-_NULLABLE = ("island", "objective", "started_at", "finished_at")
+_NULLABLE = ("island", "objective", "started_at", "finished_at", "loss_curve")
 ROW_FIELDS: tuple[pa.Field, ...] = tuple(
     pa.field(name, kind, nullable=name in _NULLABLE) for name, kind in [
         ("exp_id", _S), ("run", _S), ("kind", _S), ("island", pa.int32()), ("agent", _S),
@@ -49,6 +50,7 @@ ROW_FIELDS: tuple[pa.Field, ...] = tuple(
         ("cost_usd", _F), ("tokens", pa.int64()), ("message", _S), ("log_tail", _S),
         ("left_behind", pa.int32()), ("data_fingerprint", _S),
         ("trial", _S), ("knobs", _S),  # a tuning trial: Tune's id, its knob values as JSON
+        ("loss_curve", _S),  # [[step, training loss], ...] as JSON (engine/experiment/progress.py)
     ]
 )
 TIMESTAMPS = ("queued_at", "started_at", "finished_at")
@@ -77,6 +79,7 @@ class ResultStore:
         self._loose: list[tuple[Path, pa.Table]] = []  # single-row parts not merged yet
         self._merged_tsv: list[pa.Table] = []  # the TSV_COLUMNS of the merged parts' rows
         for first, last, path in self._surviving_parts():
+            self._add_new_columns(path)
             if first == last:
                 self._loose.append((path, self._read_part(path)))
             else:  # of a merged part, only what results.tsv needs: log tails stay on disk
@@ -167,6 +170,24 @@ class ResultStore:
     @property
     def _tsv_columns(self) -> list[str]:
         return [name for name in _TSV_COLUMNS if name in self.schema.names]
+
+    def _add_new_columns(self, path: Path) -> None:
+        """Rewrite a part written before some of this store's columns existed (by an earlier
+        version of autoresearch) with those columns null, so that the folder keeps one schema.
+        A part with a column this store lacks, or of another type, is left for _read_part to
+        refuse."""
+        schema = pq.read_schema(path)
+        added = [field for field in self.schema if field.name not in schema.names]
+        if not added or not all(field.nullable for field in added) or not all(
+                field.name in self.schema.names and self.schema.field(field.name).type == field.type
+                for field in schema):
+            return
+        table = pq.read_table(path)
+        upgraded = pa.Table.from_arrays(
+            [table[field.name] if field.name in schema.names
+             else pa.chunked_array([pa.nulls(table.num_rows, field.type)], field.type)
+             for field in self.schema], schema=self.schema)
+        _replace(path, lambda file: pq.write_table(upgraded, file))
 
     def _read_part(self, path: Path, columns: list[str] | None = None) -> pa.Table:
         """The part at `path` (only `columns` of it, when given); ValueError when its columns

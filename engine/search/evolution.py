@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from engine.experiment.checks import Refused, apply_proposal, changes_only_randomness, code_hash
 from engine.experiment.records import Experiment, Kind, Result, Status
 from engine.experiment.spec import Spec
-from engine.protocol import Attempt, Proposal, ProposalContext
+from engine.protocol import Attempt, Measured, Proposal, ProposalContext
 from engine.search.options import SearchOptions
 from engine.search.population import CPU, Decision, Member, Population
 
@@ -72,6 +72,8 @@ class Evolution:
         self.next_id = 0
         self._deferred: list[tuple[Experiment, Result]] = []  # judged once the noise is known
         self._scores: dict[str, list[tuple[float, str]]] = {}  # commit -> scores, parents let go
+        # commit -> what its first scored run measured, shown beside its children's
+        self._measured: dict[str, Measured] = {}
         self._baseline_island = 0  # the island the baseline came from
         # Tuning: the member being refined, the next one wanted, and the trial gate. One trial
         # of a tuning is confirmed at a time; a better one that comes meanwhile waits.
@@ -181,6 +183,8 @@ class Evolution:
         population = self.population
         if score is not None:
             self._scores.setdefault(experiment.commit, []).append((score, accelerator))
+            if (measured := _measured(result)) is not None:
+                self._measured.setdefault(experiment.commit, measured)
         if experiment.kind is Kind.BASELINE:
             if score is not None and self.fingerprint is None:
                 self.fingerprint = result.data_fingerprint or None
@@ -223,7 +227,9 @@ class Evolution:
                           # no diff then, rather than every file shown as new.
                           diff=_diff(parent.files, experiment.files) if parent.files else "",
                           exp_id=experiment.exp_id,
-                          log_tail=result.log_tail if result.status is Status.CRASH else "")
+                          log_tail=result.log_tail if result.status is Status.CRASH else "",
+                          measured=_measured(result),
+                          parent_measured=self._measured.get(experiment.parent))
         self._apply(self.population.observe_child(
             experiment.island, parent, child, attempt, confirm_because=confirm_because), told)
 
@@ -265,6 +271,8 @@ class Evolution:
                 merged = self.merge(member, decision.reason)
                 self.population.rebase_baseline(merged)
                 self._scores[merged] = list(zip(member.runs, member.accelerators, strict=True))
+                if member.commit in self._measured:
+                    self._measured.setdefault(merged, self._measured[member.commit])
                 self._baseline_island = island
                 if self.options.tune_trials:
                     self._tune_wanted = (member, island)
@@ -414,6 +422,22 @@ class Evolution:
         scored on the noise runs' seeds, and no two experiments share one."""
         digest = hashlib.sha256(f"{self.options.seed}:{self.run_name}:{exp_id}".encode())
         return int.from_bytes(digest.digest()[:4], "big") % 2**31
+
+
+def _measured(result: Result) -> Measured | None:
+    """What a result's training measured; None when it reported no step (it never trained, or
+    failed before its first step)."""
+    metrics = result.metrics
+    if not metrics.get("steps"):
+        return None
+
+    def whole(name: str) -> int | None:
+        return None if metrics.get(name) is None else int(metrics[name])
+
+    return Measured(steps=whole("steps"), steps_per_s=metrics.get("steps_per_s"),
+                    params=whole("params"), peak_memory_gb=metrics.get("peak_memory_gb"),
+                    final_train_loss=metrics.get("final_train_loss"),
+                    loss_spikes=whole("loss_spikes"), loss_curve=result.loss_curve)
 
 
 def _diff(before: dict[str, str], after: dict[str, str]) -> str:

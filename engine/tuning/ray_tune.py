@@ -36,8 +36,8 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 from ray.tune.utils import flatten_dict
 
+from engine.experiment.progress import Progress
 from engine.experiment.records import Job, Outcome, Status
-from engine.experiment.runner import Progress
 from engine.tuning.knobs import Knob, Value, write_knobs, written_value
 from engine.tuning.trial_task import TRAINING
 

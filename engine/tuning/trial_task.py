@@ -18,8 +18,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import ray
 
+from engine.experiment.progress import Progress
 from engine.experiment.records import Job, Outcome
-from engine.experiment.runner import Progress, run_experiment
+from engine.experiment.runner import run_experiment
 from engine.search.ray_pool import accelerator_here, run_job
 
 STEP_WAIT_S = 0.2  # how often the task looks whether its training ended

@@ -94,8 +94,8 @@ def test_search_runs_from_the_command_line_and_its_branches_export_to_the_task(t
     git("add", ".", cwd=task)
     git("commit", "-qm", "my task", cwd=task)
     ran = autoresearch("search", tmp_path / "task", "--gpus", "2", "--agents", "2",
-                       "--budget", "1", "--max-experiments", "4", "--noise-seeds", "2",
-                       "--quiet", "--run-dir", tmp_path / "run")
+                       "--budget", "1", "--grace", "90", "--max-experiments", "4",
+                       "--noise-seeds", "2", "--quiet", "--run-dir", tmp_path / "run")
     assert ran.returncode == 0, ran.stderr
     assert "Leaderboard (val_bpb, lower is better" in ran.stdout
     assert "starting code:" in ran.stdout

@@ -99,6 +99,9 @@ def test_refused_edits_never_reach_a_gpu_and_go_back_to_the_agent(tmp_path):
     rows = rows_of(search)
     rejected = [r for r in rows if r["status"] == "rejected"]
     messages = [r["message"] for r in rejected]
+    first, repeat = (next(r for r in rows if r["description"] == f"scripted edit {k}")
+                     for k in (6, 7))
+    assert repeat["parent"] == first["parent"]
     assert messages[:6] == [
         "refused: it changes prepare.py, which is protected",
         "refused: it touches notes.md, which the goal file does not list as editable",
@@ -106,7 +109,8 @@ def test_refused_edits_never_reach_a_gpu_and_go_back_to_the_agent(tmp_path):
         "refused: it changes nothing",
         "refused: it changes only comments, blank lines, docstrings or formatting: the code "
         "would behave as before",
-        "refused: it repeats the code of an earlier experiment",
+        f"refused: it repeats {first['exp_id']}: the same change to the same parent, once "
+        "comments, formatting and number spelling are set aside",
     ]
     assert all(r["commit"] == "" for r in rejected)
     repo = RunRepo(search.run_dir / "repo.git")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from agents.llm import ProposalFailed
 from engine.experiment.records import ExperimentResult, Kind, Outcome, Result, Status
 from engine.experiment.task import load_task, template_path
 from engine.protocol import Proposal
@@ -177,9 +178,13 @@ def test_a_numbers_type_is_part_of_the_code_not_its_spelling(core):
     assert refusal is None, "1e3 is a float and 1000 an int: range(1e3) fails"
 
 
-def test_a_failed_proposal_is_refused_with_the_agents_error(core):
+def test_a_failed_proposal_is_refused_with_the_agents_error_and_what_it_cost(core):
     _, refusal = core.admit(0, core.parent(0), RuntimeError("rate limited"), "a")
     assert refusal == "the agent failed: rate limited"
+    failed = ProposalFailed("the model's reply could not be used", cost_usd=0.02, tokens=900)
+    experiment, refusal = core.admit(0, core.parent(0), failed, "llm")
+    assert refusal == "the agent failed: the model's reply could not be used"
+    assert (experiment.cost_usd, experiment.tokens) == (0.02, 900)
 
 
 def test_a_rejected_result_is_told_to_its_islands_agent(core):

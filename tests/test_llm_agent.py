@@ -9,6 +9,10 @@ import pytest
 from agents import make_agents
 from agents.llm import BudgetSpent, LLMAgent, ModelSpec, ProposalFailed, Spending, make_router
 from engine.protocol import ProposalContext
+from engine.search.evolution import Evolution
+from engine.search.options import SearchOptions
+from engine.search.population import Member
+from engine.search.proposers import Proposers
 
 MODEL = "anthropic/claude-sonnet-4-5"  # priced in litellm's own cost map
 
@@ -165,3 +169,22 @@ def test_make_agents_gives_each_island_an_llm_agent_sharing_one_router_and_one_b
 def test_make_agents_refuses_models_that_do_not_fit(name, models, message):
     with pytest.raises(ValueError, match=message):
         make_agents(name, 2, 0, models=models)
+
+
+# -- the end of a search -----------------------------------------------------------------------
+
+
+def a_search_core(template) -> Evolution:
+    return Evolution(template.spec, Member("start", dict(template.files), []),
+                     SearchOptions(agents=1), "run", merge=None)
+
+
+def test_a_proposal_that_comes_back_soon_after_the_stop_is_handed_over_with_its_cost(
+        template, lr_line):
+    router = make_router([ModelSpec(MODEL)], mock_delay=1)  # a call that takes a second
+    llm = LLMAgent(router, mock_responses=[edit("Lower it", lr_line, "LEARNING_RATE = 2e-3")])
+    proposers = Proposers([llm], seed=0)
+    proposers.ask(1, a_search_core(template))
+    [late] = proposers.close(grace_s=30)
+    assert late.proposal.description == "Lower it"
+    assert late.proposal.cost_usd > 0 and late.proposal.cost_usd == llm.cost_usd

@@ -280,3 +280,30 @@ def test_the_agents_stop_proposing_once_max_cost_is_spent_and_the_queue_still_ru
     assert sum(r["cost_usd"] for r in rows) == pytest.approx(0.01 * len(proposals))
     assert all(r["status"] == "ok" for r in proposals), "a paid-for proposal was not run"
     assert search.ended == "--max-cost 0.05 spent"
+
+
+class SlowPricedAgent(PricedAgent):
+    """A priced agent that thinks for three seconds over each proposal."""
+
+    def propose(self, context):
+        proposal = super().propose(context)
+        time.sleep(3)
+        return proposal
+
+
+def test_a_proposal_that_comes_back_just_after_the_stop_is_recorded_with_its_cost(tmp_path):
+    agent = SlowPricedAgent([])
+    options = SearchOptions(agents=1, budget_s=0.2, noise_seeds=2)
+    search = Search(load_task(template_path()), tmp_path / "run", options, [agent],
+                    run=null_experiment)
+
+    def stop_during_the_third_proposal():
+        if agent.made >= 3:
+            raise KeyboardInterrupt
+
+    search.run(on_tick=stop_during_the_third_proposal)
+    rows = rows_of(search)
+    [late] = [r for r in rows if r["message"] == "the search stopped before it could run"]
+    assert late["status"] == "interrupted" and late["commit"] == ""
+    assert late["cost_usd"] == 0.01 and late["tokens"] == 1200
+    assert sum(r["cost_usd"] for r in rows) == pytest.approx(0.01 * agent.made)

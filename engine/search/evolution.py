@@ -124,6 +124,10 @@ class Evolution:
         experiment = Experiment(exp_id, Kind.MUTATION, island, "", parent.commit, parent.files,
                                 "", self._fresh_seed(exp_id), agent)
         if isinstance(proposal, Exception):
+            # A failed proposal may have cost something: an LLM agent's error says what
+            # (agents.llm.ProposalFailed), and the row keeps it.
+            experiment.cost_usd = getattr(proposal, "cost_usd", 0.0)
+            experiment.tokens = getattr(proposal, "tokens", 0)
             return experiment, f"the agent failed: {proposal}"
         experiment.description = " ".join(proposal.description.split())[:300]
         experiment.cost_usd, experiment.tokens = proposal.cost_usd, proposal.tokens

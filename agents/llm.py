@@ -41,15 +41,22 @@ REQUEST_TIMEOUT_S = 600.0  # one call; reasoning models take minutes
 DESCRIPTION = re.compile(r"^[\s*#_`]*description[\s*_`]*:[\s*_`]*(.+?)[\s*_`]*$",
                          re.IGNORECASE | re.MULTILINE)
 DESCRIPTION_CHARS = 200
+LITELLM_LOGGERS = ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy")
 
 
 def _litellm() -> Any:
     """litellm, imported on first use: the import takes seconds, and without this variable it
-    fetches its price list from the network."""
+    fetches its price list from the network. Its loggers lose the handler litellm gives them,
+    which prints every record (four INFO lines a call) to the terminal: their records go where
+    the application sends the libraries' records (the CLI: nowhere, unless --verbose)."""
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     import litellm
 
     litellm.suppress_debug_info = True
+    for name in LITELLM_LOGGERS:
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
     return litellm
 
 

@@ -173,12 +173,16 @@ def check(task_dir: str, budget: float, grace: float | None) -> None:
                                       "(one GPU always stays with the agents).")
 @click.option("--no-tune", is_flag=True, help="No knob tuning: the agents have every GPU.")
 @click.option("--quiet", is_flag=True, help="No live view; log lines instead.")
+@click.option("--verbose", is_flag=True,
+              help="Log the libraries' own lines too (litellm's, httpx's), in driver.log and "
+                   "with --quiet on the terminal.")
 def search(task_dir: str, agents: int, budget: float | None, max_experiments: int | None,
            hours: float | None, target: float | None, run_dir: str | None,
            address: str | None, gpus: int | None, agent_name: str, models: tuple[str, ...],
            max_cost: float | None, context_tokens: int | None, seed: int, noise_seeds: int,
            confirm_seeds: int, memory_limit: float | None, grace: float | None, tune_trials: int,
-           tune_every: int | None, tune_share: float, no_tune: bool, quiet: bool) -> None:
+           tune_every: int | None, tune_share: float, no_tune: bool, quiet: bool,
+           verbose: bool) -> None:
     """Search TASK_DIR with a population of agents on Ray, until a stop condition or Ctrl-C."""
     from engine.cluster import start_ray
     from engine.driver import Search, SearchOptions
@@ -201,7 +205,7 @@ def search(task_dir: str, agents: int, budget: float | None, max_experiments: in
         click.echo(f"not enforced (kept for the agents): {line}", err=True)
     proposers = _agents(options)
     start_ray(address, gpus)
-    _run_search(Search(task, folder, options, proposers), quiet)
+    _run_search(Search(task, folder, options, proposers), quiet, verbose)
 
 
 @main.command()
@@ -215,8 +219,12 @@ def search(task_dir: str, agents: int, budget: float | None, max_experiments: in
 @click.option("--gpus", type=click.IntRange(min=1),
               help="Logical GPUs to declare when starting Ray here.")
 @click.option("--quiet", is_flag=True, help="No live view; log lines instead.")
+@click.option("--verbose", is_flag=True,
+              help="Log the libraries' own lines too (litellm's, httpx's), in driver.log and "
+                   "with --quiet on the terminal.")
 def resume(run_dir: str, max_experiments: int | None, hours: float | None,
-           target: float | None, address: str | None, gpus: int | None, quiet: bool) -> None:
+           target: float | None, address: str | None, gpus: int | None, quiet: bool,
+           verbose: bool) -> None:
     """Continue the stopped search in RUN_DIR (Ctrl-C, a crash, a lost head node): the same
     population, islands, baseline, noise and agents' histories, with the run's own options
     unless given here. Experiments that were queued or running are run again; none that has a
@@ -238,7 +246,7 @@ def resume(run_dir: str, max_experiments: int | None, hours: float | None,
     for problem in search.problems:
         click.echo(f"repaired: {problem}", err=True)
     start_ray(address, gpus)
-    _run_search(search, quiet)
+    _run_search(search, quiet, verbose)
 
 
 def _agents(options: SearchOptions) -> list:
@@ -252,7 +260,7 @@ def _agents(options: SearchOptions) -> list:
         raise BadInput(str(error)) from error
 
 
-def _run_search(search: Search, quiet: bool) -> None:
+def _run_search(search: Search, quiet: bool, verbose: bool) -> None:
     """Run a new or resumed search with the live view (or log lines), then print the
     leaderboard."""
     from engine.rundir.layout import RunDirUnwritable
@@ -260,7 +268,7 @@ def _run_search(search: Search, quiet: bool) -> None:
     from engine.views.report import leaderboard
 
     folder = search.run_dir
-    folder.log_to(console=quiet)
+    folder.log_to(console=quiet, verbose=verbose)
     try:
         if quiet:
             search.run()

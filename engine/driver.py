@@ -40,7 +40,7 @@ from engine.search.limits import Limits, Stop
 from engine.search.options import SearchOptions
 from engine.search.pool import GpuPool
 from engine.search.population import Member
-from engine.search.proposers import Proposers
+from engine.search.proposers import Proposed, Proposers
 from engine.search.ray_pool import RayPool
 from engine.tuning.refiner import Refiner, Trial
 from engine.views.summary import Summary
@@ -189,15 +189,21 @@ class Search:
 
     def _admit(self) -> None:
         for done in self._proposers.finished():
-            experiment, refusal = self.core.admit(done.island, done.parent, done.proposal,
-                                                  done.agent)
-            self.state.spent_usd += experiment.cost_usd
-            if refusal is not None:
-                self.core.tell(self._record(experiment, None, status=Status.REJECTED,
-                                            message=refusal), experiment)
-                continue
-            self.recorder.commit(experiment, done.parent.files)
-            self.recorder.journal(self.core.enqueue(experiment))
+            experiment = self._admitted(done)
+            if experiment is not None:
+                self.recorder.commit(experiment, done.parent.files)
+                self.recorder.journal(self.core.enqueue(experiment))
+
+    def _admitted(self, done: Proposed) -> Experiment | None:
+        """The experiment the core makes of a finished proposal; None when it refuses it, and
+        the refusal is recorded (`rejected`) with what the proposal cost."""
+        experiment, refusal = self.core.admit(done.island, done.parent, done.proposal, done.agent)
+        self.state.spent_usd += experiment.cost_usd
+        if refusal is None:
+            return experiment
+        self.core.tell(self._record(experiment, None, status=Status.REJECTED, message=refusal),
+                       experiment)
+        return None
 
     # -- 3: dispatch ---------------------------------------------------------------------------
 
@@ -248,9 +254,10 @@ class Search:
     # -- the run dir ---------------------------------------------------------------------------
 
     def _stop(self, writable: bool = True) -> None:
-        """Record what was in flight as interrupted, and write everything (what still can be
-        written, when the run dir failed)."""
-        self._proposers.close()
+        """Record what was in flight as interrupted (experiments, and the proposals that come
+        back within a few seconds, with what they cost), and write everything (what still can
+        be written, when the run dir failed)."""
+        late = self._proposers.close()
         trials = self.refiner.stop(self.core)  # unfinished trials rerun on resume
         in_flight = self.pool.cancel_all()
         self.state.running = []
@@ -258,6 +265,11 @@ class Search:
             for experiment in in_flight:
                 self._record(experiment, None, status=Status.INTERRUPTED,
                              message="the search stopped while it ran")
+            for done in late:  # paid for, so recorded; a resume's agents propose afresh
+                experiment = self._admitted(done)
+                if experiment is not None:
+                    self._record(experiment, None, status=Status.INTERRUPTED,
+                                 message="the search stopped before it could run")
             for trial in trials:
                 self._finish_trial(trial)
             self._write_derived(now=True)

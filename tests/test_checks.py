@@ -64,6 +64,12 @@ def test_versions_that_differ_only_in_comments_or_formatting_have_one_hash():
     assert train_hash('"""Doc."""\nx = 1\n') == train_hash("x = 1\n")
 
 
+def test_versions_that_differ_only_in_how_their_numbers_are_spelled_have_one_hash():
+    assert train_hash("LR = 3e-3\nSTEPS = 1_000\n") == train_hash("LR = 0.003\nSTEPS = 1000\n")
+    assert train_hash("MASK = 0x10\n") == train_hash("MASK = 16\n")
+    assert train_hash("STEPS = 1e3\n") != train_hash("STEPS = 1000\n"), "a float is not an int"
+
+
 def test_versions_that_differ_in_code_have_different_hashes():
     assert train_hash("x = 1\n") != train_hash("x = 2\n")
     assert train_hash("x = 1\n") != train_hash("x = 1\ny = x\n")

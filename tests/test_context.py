@@ -1,8 +1,11 @@
 """The prompt of an LLM agent: what goes in, and how it stays within its token budget."""
 
+from pathlib import Path
+
 import pytest
 
 from agents.context import (
+    PROMPTS,
     Templates,
     messages_tokens,
     proposal_messages,
@@ -185,3 +188,17 @@ def test_the_templates_are_files_a_user_can_change(tmp_path):
     (tmp_path / "proposal.md").write_text("$goal $mood")
     with pytest.raises(ValueError, match=r"proposal.md has a placeholder it cannot fill"):
         Templates.load(folder=tmp_path)
+
+
+def test_no_line_a_prompt_shows_is_a_line_of_a_bundled_file():
+    """A small model copies the example edit of the reply format: 3 proposals out of 3 were the
+    example's `LEARNING_RATE = 3e-3` -> `2e-3`, a real line of the bundled train.py. An example
+    that is in no bundled file can only be copied into an edit that does not apply."""
+    root = Path(__file__).resolve().parent.parent
+    bundled = [*root.glob("train_template/*.py"), *root.glob("examples/*/*.py")]
+    assert len(bundled) >= 6
+    code = {line.strip() for path in bundled for line in path.read_text().splitlines()
+            if line.strip()}
+    for prompt_file in sorted(PROMPTS.glob("*.md")):
+        shown = {line.strip() for line in prompt_file.read_text().splitlines()}
+        assert shown & code == set(), prompt_file.name

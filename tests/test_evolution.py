@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from agents.llm import ProposalFailed
 from engine.experiment.records import (
     ExperimentResult,
     Kind,
@@ -144,15 +145,58 @@ def test_a_candidate_confirmed_beyond_the_noise_is_merged_and_becomes_the_baseli
     assert core.population.baseline.commit == f"merge-of-{child.commit}"
 
 
-def test_a_repeated_or_empty_change_is_refused_with_a_reason(core):
+SET_ASIDE = "once comments, formatting and number spelling are set aside"
+
+
+def test_a_repeated_change_is_refused_naming_the_experiment_it_repeats(core):
     parent = core.parent(0)
-    train = parent.files["train.py"] + "\nVARIANT = 1\n"
-    first, refusal = core.admit(0, parent, Proposal("one", {"train.py": train}), "a")
+    train = parent.files["train.py"]
+    first, refusal = core.admit(0, parent, Proposal("lower the rate", {"train.py": train.replace(
+        "LEARNING_RATE = 3e-3", "LEARNING_RATE = 2e-3")}), "a")
     assert refusal is None
-    _, refusal = core.admit(1, parent, Proposal("again", {"train.py": train}), "b")
-    assert refusal == "refused: it repeats the code of an earlier experiment"
-    _, refusal = core.admit(0, parent, RuntimeError("rate limited"), "a")
+    respelled = train.replace("LEARNING_RATE = 3e-3",
+                              "LEARNING_RATE   = 0.002  # a gentler step")
+    _, refusal = core.admit(1, parent, Proposal("again", {"train.py": respelled}), "b")
+    assert refusal == (f"refused: it repeats {first.exp_id}: the same change to the same "
+                       f"parent, {SET_ASIDE}")
+
+
+def test_the_same_code_reached_from_another_parent_or_the_starting_code_is_refused_too(core):
+    start = core.parent(0)
+    first = proposal(core, 0, start, 1)
+    child = Member(first.commit, first.files, [], first.exp_id)
+    both = first.files["train.py"] + "\nOTHER = 1_000\n"
+    second, refusal = core.admit(0, child, Proposal("add", {"train.py": both}), "a")
+    assert refusal is None
+    second.commit = "c-second"
+    grandchild = Member(second.commit, second.files, [], second.exp_id)
+    other = start.files["train.py"] + "\nVARIANT = 1\nOTHER = 1000\n"
+    _, refusal = core.admit(1, start, Proposal("both at once", {"train.py": other}), "b")
+    assert refusal == (f"refused: it repeats the code of {second.exp_id}, made from another "
+                       f"parent, {SET_ASIDE}")
+    undo = Proposal("undo both", {"train.py": start.files["train.py"]})
+    _, refusal = core.admit(0, grandchild, undo, "a")
+    assert refusal == f"refused: it repeats the starting code, {SET_ASIDE}"
+
+
+def test_a_numbers_type_is_part_of_the_code_not_its_spelling(core):
+    parent = core.parent(0)
+    train = parent.files["train.py"]
+    _, refusal = core.admit(0, parent, Proposal("steps", {"train.py": train + "\nSTEPS = 1000\n"}),
+                            "a")
+    assert refusal is None
+    _, refusal = core.admit(0, parent, Proposal("steps", {"train.py": train + "\nSTEPS = 1e3\n"}),
+                            "a")
+    assert refusal is None, "1e3 is a float and 1000 an int: range(1e3) fails"
+
+
+def test_a_failed_proposal_is_refused_with_the_agents_error_and_what_it_cost(core):
+    _, refusal = core.admit(0, core.parent(0), RuntimeError("rate limited"), "a")
     assert refusal == "the agent failed: rate limited"
+    failed = ProposalFailed("the model's reply could not be used", cost_usd=0.02, tokens=900)
+    experiment, refusal = core.admit(0, core.parent(0), failed, "llm")
+    assert refusal == "the agent failed: the model's reply could not be used"
+    assert (experiment.cost_usd, experiment.tokens) == (0.02, 900)
 
 
 def test_a_rejected_result_is_told_to_its_islands_agent(core):

@@ -3,12 +3,21 @@ litellm's real response path (usage and cost included) without a network."""
 
 import logging
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from agents import make_agents
 from agents.llm import BudgetSpent, LLMAgent, ModelSpec, ProposalFailed, Spending, make_router
 from engine.protocol import ProposalContext
+from engine.search.evolution import Evolution
+from engine.search.options import SearchOptions
+from engine.search.population import Member
+from engine.search.proposers import Proposers
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 MODEL = "anthropic/claude-sonnet-4-5"  # priced in litellm's own cost map
 
@@ -165,3 +174,85 @@ def test_make_agents_gives_each_island_an_llm_agent_sharing_one_router_and_one_b
 def test_make_agents_refuses_models_that_do_not_fit(name, models, message):
     with pytest.raises(ValueError, match=message):
         make_agents(name, 2, 0, models=models)
+
+
+# -- the end of a search -----------------------------------------------------------------------
+
+
+def a_search_core(template) -> Evolution:
+    return Evolution(template.spec, Member("start", dict(template.files), []),
+                     SearchOptions(agents=1), "run", merge=None)
+
+
+def test_a_proposal_that_comes_back_soon_after_the_stop_is_handed_over_with_its_cost(
+        template, lr_line):
+    router = make_router([ModelSpec(MODEL)], mock_delay=1)  # a call that takes a second
+    llm = LLMAgent(router, mock_responses=[edit("Lower it", lr_line, "LEARNING_RATE = 2e-3")])
+    proposers = Proposers([llm], seed=0)
+    proposers.ask(1, a_search_core(template))
+    [late] = proposers.close(grace_s=30)
+    assert late.proposal.description == "Lower it"
+    assert late.proposal.cost_usd > 0 and late.proposal.cost_usd == llm.cost_usd
+
+
+# The end of `autoresearch search --quiet`, with one agent: the CLI's logging, an LLM call that
+# takes DELAY seconds, and the search's end GRACE seconds after it was asked.
+END_OF_A_SEARCH = r"""
+import logging, sys
+from agents.llm import LLMAgent, ModelSpec, make_router
+from engine.experiment.task import load_task, template_path
+from engine.rundir.layout import RunDir
+from engine.search.evolution import Evolution
+from engine.search.options import SearchOptions
+from engine.search.population import Member
+from engine.search.proposers import Proposers
+
+run_dir, verbose, delay, grace = sys.argv[1], sys.argv[2] == "verbose", *map(float, sys.argv[3:])
+folder = RunDir(run_dir)
+folder.create()
+folder.log_to(console=True, verbose=verbose)
+task = load_task(template_path())
+core = Evolution(task.spec, Member("start", dict(task.files), []), SearchOptions(agents=1),
+                 "run", merge=None)
+reply = "\n".join(["DESCRIPTION: wider", "train.py", "<<<<<<< SEARCH", "N_EMBD = 128",
+                    "=======", "N_EMBD = 192", ">>>>>>> REPLACE", ""])
+router = make_router([ModelSpec("openai/smollm2")], api_key="none", mock_delay=delay)
+proposers = Proposers([LLMAgent(router, mock_responses=[reply])], seed=0)
+proposers.ask(1, core)
+late = proposers.close(grace)
+logging.getLogger("autoresearch").info("the search ended; %d proposals came back", len(late))
+"""
+
+
+def end_a_search(run_dir: Path, *, verbose: bool = False, delay_s: float = 0.0,
+                 grace_s: float = 60.0) -> tuple[str, str]:
+    """What the process printed: on stdout, and on stderr (where its log lines go)."""
+    ended = subprocess.run(
+        [sys.executable, "-c", END_OF_A_SEARCH, str(run_dir), "verbose" if verbose else "quiet",
+         str(delay_s), str(grace_s)], cwd=REPO_ROOT, capture_output=True, text=True,
+        timeout=300)
+    assert ended.returncode == 0, ended.stderr
+    return ended.stdout, ended.stderr
+
+
+def test_litellms_own_lines_stay_out_of_the_terminal_and_driver_log_unless_verbose(tmp_path):
+    out, err = end_a_search(tmp_path / "quiet")
+    assert out == ""
+    [line] = err.splitlines()
+    assert line.endswith("INFO the search ended; 1 proposals came back")
+    assert (tmp_path / "quiet" / "driver.log").read_text().splitlines() == [line]
+
+    out, err = end_a_search(tmp_path / "verbose", verbose=True)
+    log = (tmp_path / "verbose" / "driver.log").read_text()
+    assert "litellm.completion(model=openai/smollm2)" in log and "200 OK" in log
+    assert err == log, "litellm printed a line of its own"
+
+
+def test_a_call_still_in_flight_when_the_search_ends_comes_back_to_no_one_quietly(tmp_path):
+    """The call comes back while the process exits, and fails there (litellm cannot hand its
+    logging to a thread any more); it used to print `Exception cannot schedule new futures after
+    shutdown` in red, after the leaderboard."""
+    out, err = end_a_search(tmp_path / "run", delay_s=5, grace_s=0.5)
+    assert out == ""
+    [line] = err.splitlines()
+    assert line.endswith("INFO the search ended; 0 proposals came back")

@@ -23,6 +23,7 @@ from engine.experiment.task import load_task, template_path
 from engine.rundir.layout import RunDirUnwritable
 from engine.rundir.stopped import resumed_options, stopped_run
 from engine.rundir.store import read_rows
+from tests.conftest import ScriptedAgent
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -108,6 +109,28 @@ def test_a_driver_killed_at_random_moments_loses_and_repeats_nothing(tmp_path, r
     assert len(ids) == 36 and len(set(ids)) == 36
     assert verify(run_dir) == []
     assert start("resume").wait(timeout=120) == 3  # finished: nothing left to resume
+
+
+def test_after_a_resume_a_repeated_change_is_still_refused_naming_the_experiment(tmp_path):
+    run_dir = tmp_path / "run"
+    train = load_task(template_path()).files["train.py"]
+    far = train.replace("LEARNING_RATE = 3e-3", "LEARNING_RATE = 3e-1")
+    options = SearchOptions(agents=1, budget_s=0.3, seed=3, noise_seeds=2, max_experiments=3)
+    first = Search(load_task(template_path()), run_dir, options,
+                   [ScriptedAgent([{"train.py": far}])], run=null_experiment)
+    first.run()
+    [tried] = [r for r in first.store.rows() if r["description"] == "scripted edit 1"]
+    assert tried["status"] == "ok"
+    respelled = train.replace("LEARNING_RATE = 3e-3", "LEARNING_RATE = 0.3  # much bolder")
+    second = resumed(run_dir, agents=[ScriptedAgent([{"train.py": respelled}])],
+                     max_experiments=4)
+    second.run()
+    [repeat] = [r for r in second.store.rows() if r["description"] == "scripted edit 1"
+                and r["exp_id"] != tried["exp_id"]]
+    assert repeat["status"] == "rejected"
+    assert repeat["message"] == (f"refused: it repeats {tried['exp_id']}: the same change to "
+                                 f"the same parent, once comments, formatting and number "
+                                 f"spelling are set aside")
 
 
 def test_a_killed_worker_costs_only_a_retry_of_its_experiment(tmp_path):

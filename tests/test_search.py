@@ -104,6 +104,9 @@ def test_refused_edits_never_reach_a_gpu_and_go_back_to_the_agent(tmp_path):
     rows = rows_of(search)
     rejected = [r for r in rows if r["status"] == "rejected"]
     messages = [r["message"] for r in rejected]
+    first, repeat = (next(r for r in rows if r["description"] == f"scripted edit {k}")
+                     for k in (6, 7))
+    assert repeat["parent"] == first["parent"]
     assert messages[:6] == [
         "refused: it changes prepare.py, which is protected",
         "refused: it touches notes.md, which the goal file does not list as editable",
@@ -111,7 +114,8 @@ def test_refused_edits_never_reach_a_gpu_and_go_back_to_the_agent(tmp_path):
         "refused: it changes nothing",
         "refused: it changes only comments, blank lines, docstrings or formatting: the code "
         "would behave as before",
-        "refused: it repeats the code of an earlier experiment",
+        f"refused: it repeats {first['exp_id']}: the same change to the same parent, once "
+        "comments, formatting and number spelling are set aside",
     ]
     assert all(r["commit"] == "" for r in rejected)
     repo = RunRepo(search.run_dir / "repo.git")
@@ -281,3 +285,30 @@ def test_the_agents_stop_proposing_once_max_cost_is_spent_and_the_queue_still_ru
     assert sum(r["cost_usd"] for r in rows) == pytest.approx(0.01 * len(proposals))
     assert all(r["status"] == "ok" for r in proposals), "a paid-for proposal was not run"
     assert search.ended == "--max-cost 0.05 spent"
+
+
+class SlowPricedAgent(PricedAgent):
+    """A priced agent that thinks for three seconds over each proposal."""
+
+    def propose(self, context):
+        proposal = super().propose(context)
+        time.sleep(3)
+        return proposal
+
+
+def test_a_proposal_that_comes_back_just_after_the_stop_is_recorded_with_its_cost(tmp_path):
+    agent = SlowPricedAgent([])
+    options = SearchOptions(agents=1, budget_s=0.2, noise_seeds=2)
+    search = Search(load_task(template_path()), tmp_path / "run", options, [agent],
+                    run=null_experiment)
+
+    def stop_during_the_third_proposal():
+        if agent.made >= 3:
+            raise KeyboardInterrupt
+
+    search.run(on_tick=stop_during_the_third_proposal)
+    rows = rows_of(search)
+    [late] = [r for r in rows if r["message"] == "the search stopped before it could run"]
+    assert late["status"] == "interrupted" and late["commit"] == ""
+    assert late["cost_usd"] == 0.01 and late["tokens"] == 1200
+    assert sum(r["cost_usd"] for r in rows) == pytest.approx(0.01 * agent.made)

@@ -4,8 +4,9 @@ An edit is refused, in this order, when it changes a protected file, touches a f
 does not list as editable, changes nothing, does not compile, or changes only comments, blank
 lines, docstrings or formatting (its syntax tree, without docstrings, is the parent's). A refused
 edit is recorded as `rejected` and its reason goes back to the agent. `code_hash` identifies code
-by the same syntax tree, so a second edit that differs from an earlier one only in its comments is
-refused as a duplicate.
+by the same syntax tree, so a second edit that differs from an earlier one only in its comments,
+formatting or the spelling of its numbers (`3e-3` and `0.003`, `1_000` and `1000`: the tree holds
+their values) is refused as a duplicate.
 
 A change is randomness-only when its only effect is on random state: the syntax trees of parent
 and child differ, and are equal once randomness is taken out of both. What is taken out is decided
@@ -84,7 +85,8 @@ def apply_proposal(parent: dict[str, str], proposal: Proposal, spec: Spec) -> di
 
 def code_hash(files: dict[str, str], editable: tuple[str, ...]) -> str:
     """Identifies the code of an experiment, for refusing duplicates: Python files by their
-    syntax tree without docstrings, so comments and formatting do not count."""
+    syntax tree without docstrings, so comments, formatting and the spelling of numbers do not
+    count (a number's type does: `1e3` is not `1000`); a file that does not parse, by its text."""
     digest = hashlib.sha256()
     for name in sorted(editable):
         canonical = _canonical(name, files.get(name, ""))

@@ -98,19 +98,30 @@ class RunDir:
     def repo(self) -> RunRepo:
         return RunRepo(self.repo_path)
 
-    def log_to(self, console: bool) -> None:
+    def log_to(self, console: bool, verbose: bool = False) -> None:
         """Send the driver's log to driver.log (and the console): capped, since a search of many
-        nights must not fill the disk with its own log."""
+        nights must not fill the disk with its own log. The libraries' own records (litellm's
+        few lines per call, httpx's, Ray's) go there too only when `verbose`."""
         handlers: list[logging.Handler] = [logging.handlers.RotatingFileHandler(
             self.log_path, maxBytes=20 * 2**20, backupCount=2)]
         if console:
             handlers.append(logging.StreamHandler())
+        if not verbose:
+            for handler in handlers:
+                handler.addFilter(_own_records)
         logging.basicConfig(level=logging.INFO, handlers=handlers,
                             format="%(asctime)s %(levelname)s %(message)s")
 
     def tuning(self, name: str) -> Path:
         """The folder of the knob tuning `name`."""
         return (self.tune_path / name).resolve()
+
+
+OWN_LOGGERS = ("autoresearch", "engine", "agents")  # the loggers of this project's code
+
+
+def _own_records(record: logging.LogRecord) -> bool:
+    return record.name.split(".")[0] in OWN_LOGGERS
 
 
 def write_atomically(path: Path, text: str) -> None:

@@ -67,7 +67,10 @@ class Evolution:
         self.submitted = 0  # experiments handed out (tuning trials included)
         self.fingerprint: str | None = None  # the data the noise runs were scored against
         self.descriptions: dict[str, str] = {}  # exp id -> description
-        self.seen_code = {code_hash(start.files, spec.editable_files)}
+        # The code of every experiment so far -> the first experiment with that code and the
+        # commit it changed ("" for the starting code): a repeat is refused, naming it.
+        self.seen_code: dict[str, tuple[str, str]] = {
+            code_hash(start.files, spec.editable_files): ("", "")}
         self.noise_outstanding = options.noise_seeds
         self.next_id = 0
         self._deferred: list[tuple[Experiment, Result]] = []  # judged once the noise is known
@@ -123,6 +126,10 @@ class Evolution:
         experiment = Experiment(exp_id, Kind.MUTATION, island, "", parent.commit, parent.files,
                                 "", self._fresh_seed(exp_id), agent)
         if isinstance(proposal, Exception):
+            # A failed proposal may have cost something: an LLM agent's error says what
+            # (agents.llm.ProposalFailed), and the row keeps it.
+            experiment.cost_usd = getattr(proposal, "cost_usd", 0.0)
+            experiment.tokens = getattr(proposal, "tokens", 0)
             return experiment, f"the agent failed: {proposal}"
         experiment.description = " ".join(proposal.description.split())[:300]
         experiment.cost_usd, experiment.tokens = proposal.cost_usd, proposal.tokens
@@ -130,13 +137,29 @@ class Evolution:
             files = apply_proposal(parent.files, proposal, self.spec)
             digest = code_hash(files, self.spec.editable_files)
             if digest in self.seen_code:
-                raise Refused("it repeats the code of an earlier experiment")
+                raise Refused(self._repeats(digest, parent.commit))
         except Refused as refused:
             return experiment, f"refused: {refused}"
-        self.seen_code.add(digest)
+        self.remember_code(digest, exp_id, parent.commit)
         experiment.files, experiment.code = files, digest
         experiment.seed_only = changes_only_randomness(parent.files, files)
         return experiment, None
+
+    def remember_code(self, code: str, exp_id: str, parent: str) -> None:
+        """Note that experiment `exp_id`, a change of `parent`, has the code `code` (see
+        checks.code_hash), unless an earlier one had it: a repeat of it is refused, naming the
+        first. Resume calls it for every journaled experiment, in journal order."""
+        self.seen_code.setdefault(code, (exp_id, parent))
+
+    def _repeats(self, code: str, parent: str) -> str:
+        """Why code already seen is refused, naming the experiment it repeats."""
+        first, first_parent = self.seen_code[code]
+        aside = "once comments, formatting and number spelling are set aside"
+        if not first:
+            return f"it repeats the starting code, {aside}"
+        if first_parent == parent:
+            return f"it repeats {first}: the same change to the same parent, {aside}"
+        return f"it repeats the code of {first}, made from another parent, {aside}"
 
     def enqueue(self, *experiments: Experiment, first: bool = False) -> list[Experiment]:
         """Queue the experiments, in order, at the back or (`first`) behind the confirmations
@@ -299,8 +322,8 @@ class Evolution:
         code = code_hash(files, self.spec.editable_files)
         if code in self.seen_code:
             return
-        self.seen_code.add(code)
         exp_id = self._new_id()
+        self.remember_code(code, exp_id, baseline.commit)
         experiment = Experiment(
             exp_id, Kind.MUTATION, island, "", baseline.commit, files,
             f"combine {member.exp_id} with the baseline ({baseline.exp_id or 'the start'})",
@@ -356,7 +379,7 @@ class Evolution:
         experiment = Experiment(self._new_id(), Kind.TUNE, island, member.commit, member.commit,
                                 files, description, self.options.seed, "optuna",
                                 code=code_hash(files, self.spec.editable_files))
-        self.seen_code.add(experiment.code)
+        self.remember_code(experiment.code, experiment.exp_id, member.commit)
         self.descriptions[experiment.exp_id] = description
         self.submitted += 1
         return experiment

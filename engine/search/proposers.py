@@ -1,12 +1,15 @@
 """The agents at work: one proposal in flight per island, each in a thread of its own, asked for
-ahead of need so that no GPU waits for a proposer; an agent that fails backs off."""
+ahead of need so that no GPU waits for a proposer; an agent that fails backs off. When the search
+ends, a call still in flight gets a few seconds to come back, and is then left behind: its thread
+runs on to its end, unread (the process waits for it at exit; daemon threads would not hold the
+process, but one stopped inside litellm's lazy imports deadlocked the interpreter's exit)."""
 
 from __future__ import annotations
 
 import random
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 from engine.protocol import Agent, Proposal
@@ -14,6 +17,9 @@ from engine.search.evolution import Evolution
 from engine.search.population import Member
 
 AGENT_RETRY_S = (1, 2, 5, 10, 30, 60)  # back-off after consecutive proposer failures
+# How long the calls in flight when the search ends may still come back (and be recorded with
+# what they cost): a local model's reply is seconds away, and a Ctrl-C should still feel prompt.
+STOP_GRACE_S = 10.0
 
 
 @dataclass
@@ -78,8 +84,11 @@ class Proposers:
             done.append(Proposed(island, parent, self.agents[island].name, proposal))
         return done
 
-    def close(self) -> None:
-        for future, _ in self._calls.values():
-            future.cancel()
+    def close(self, grace_s: float = STOP_GRACE_S) -> list[Proposed]:
+        """Ask nothing more; give the calls in flight up to `grace_s` to end, and return those
+        that did. The others are left behind, unread."""
+        wait([future for future, _ in self._calls.values()], timeout=grace_s)
+        done = self.finished()
         self._calls.clear()
         self._threads.shutdown(wait=False, cancel_futures=True)
+        return done

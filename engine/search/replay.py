@@ -30,6 +30,11 @@ def resume(search_class, task: Task, run_dir: Path, options, agents, run, *, wri
     core, recorder, state = search.core, search.recorder, search.state
     entries = {entry["exp_id"]: entry for entry in folder.journal().entries()}
     results = recorder.store.results()
+    # The code of every experiment first, as the live core had it when it made each: a
+    # combination the replay meets is then known by the id it was journaled under.
+    for exp_id, entry in entries.items():
+        if entry.get("code"):
+            core.remember_code(entry["code"], exp_id, entry["parent"])
     core.merge = recorder.replayed_merge
     completed: set[str] = set()
     for result in results:
@@ -45,7 +50,6 @@ def resume(search_class, task: Task, run_dir: Path, options, agents, run, *, wri
     ids = [int(exp_id[1:]) for exp_id in [*entries, *(result.exp_id for result in results)]]
     core.next_id = max(ids, default=0)
     core.submitted = state.finished_before = len(completed)
-    core.seen_code |= {entry["code"] for entry in entries.values() if entry.get("code")}
     state.capacity_s = folder.read_checkpoint().get("gpu", {}).get("capacity_s", state.busy_s)
     repo = recorder.repo
     for member in core.population.reachable():  # replayed members carry no code

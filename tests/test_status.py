@@ -2,6 +2,7 @@
 changed, read from the run dir alone."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -137,7 +138,7 @@ def test_status_names_each_metric_the_goal_file_tracks_even_where_no_run_measure
     assert summary["best"]["metrics"] == {"holdout_val_bpb": None, "val_perplexity": None,
                                           "loss_spikes": None, "inference_tokens_per_s": None}
     shown = autoresearch("status", searched.run_dir).stdout.splitlines()
-    assert shown[1].startswith("best: val_bpb ") and " · holdout - " in shown[1]
+    assert re.match(r"best: val_bpb [\d.]+ · holdout -(, mean of \d+ runs)? \(e\d+: ", shown[1])
     assert shown[2] == "  tracked: val_perplexity - · loss_spikes - · inference_tokens_per_s -"
 
 

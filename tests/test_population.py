@@ -42,6 +42,15 @@ def confirm(made: Population, commit: str, runs, controls, accelerator="cpu"):
     return decisions
 
 
+def first_promoted(made: Population, start: str, score: float) -> None:
+    """A winner changing `A = 1` to `A = 5` on island 0, promoted as "merged-first"."""
+    made.baseline.files["train.py"] = start
+    observe(made, 0, Member("first", {"train.py": start.replace("A = 1", "A = 5")}, [score],
+                            "first"))
+    confirm(made, "first", [score, score + 0.01, score - 0.01], [3.00, 3.01, 2.99])
+    made.rebase_baseline("merged-first")
+
+
 def test_the_noise_is_the_spread_of_the_baseline_seeds():
     made = population()
     assert made.sigma == pytest.approx(0.02)
@@ -212,12 +221,8 @@ def test_a_winner_whose_change_overlaps_the_new_baseline_is_confirmed_again_inst
 
 
 def test_a_candidate_from_an_island_still_on_an_older_baseline_is_combined_with_the_new_one():
-    made = population()
-    start = made.baseline.files["train.py"] = "A = 1\nB = 2\nC = 3\nD = 4\n"
-    observe(made, 0, Member("first", {"train.py": start.replace("A = 1", "A = 5")}, [2.90],
-                            "first"))
-    confirm(made, "first", [2.90, 2.91, 2.89], [3.00, 3.01, 2.99])
-    made.rebase_baseline("merged-first")
+    made, start = population(), "A = 1\nB = 2\nC = 3\nD = 4\n"
+    first_promoted(made, start, 2.90)
     # Island 1 kept its head, on the old code; a child of it beats the new baseline: promoting
     # it alone would drop the first winner's change.
     ahead = start.replace("D = 4", "D = 8")
@@ -229,12 +234,8 @@ def test_a_candidate_from_an_island_still_on_an_older_baseline_is_combined_with_
 
 
 def test_children_that_only_match_a_combined_parent_behind_the_baseline_queue_nothing():
-    made = population()
-    start = made.baseline.files["train.py"] = "A = 1\nB = 2\nC = 3\n"
-    observe(made, 0, Member("first", {"train.py": start.replace("A = 1", "A = 5")}, [2.50],
-                            "first"))
-    confirm(made, "first", [2.50, 2.51, 2.49], [3.00, 3.01, 2.99])
-    made.rebase_baseline("merged-first")
+    made, start = population(), "A = 1\nB = 2\nC = 3\n"
+    first_promoted(made, start, 2.50)
     winner = start.replace("C = 3", "C = 7")
     assert kinds(observe(made, 1, Member("winner", {"train.py": winner}, [2.80], "winner")))[
         -1] == "combine"
@@ -243,13 +244,9 @@ def test_children_that_only_match_a_combined_parent_behind_the_baseline_queue_no
 
 
 def test_a_winner_whose_result_comes_back_after_its_island_was_reseeded_is_combined():
-    made = population()
-    start = made.baseline.files["train.py"] = "A = 1\nB = 2\nC = 3\n"
+    made, start = population(), "A = 1\nB = 2\nC = 3\n"
     old_start = made.baseline
-    observe(made, 0, Member("first", {"train.py": start.replace("A = 1", "A = 5")}, [2.50],
-                            "first"))
-    confirm(made, "first", [2.50, 2.51, 2.49], [3.00, 3.01, 2.99])
-    made.rebase_baseline("merged-first")
+    first_promoted(made, start, 2.50)
     assert 1 in [d.island for d in made.migrate()]
     # Island 1's child of the starting code was running meanwhile: it beats the code it changed,
     # though not the new baseline. Its change still counts, on top of the new baseline.

@@ -88,9 +88,7 @@ class RunData:
         objective is the mean of: its experiment's, its confirmations' and, for a baseline, its
         controls'. None for a metric no run measured."""
         own = self.by_id.get(member["exp_id"], {}).get("commit")
-        commits = {member["commit"], own} - {None}
-        runs = [r for r in self.rows if _scored(r) and r["commit"] in commits]
-        return {name: _mean([r.get(name) for r in runs]) for name in self.tracked}
+        return self._means({member["commit"], own} - {None}, self.tracked)
 
     @property
     def holdout(self) -> str | None:
@@ -101,8 +99,12 @@ class RunData:
         """The mean holdout score of the scored runs of `commits` (None without one)."""
         if self.holdout is None:
             return None
-        return _mean([r.get(self.holdout) for r in self.rows
-                      if _scored(r) and r["commit"] in commits])
+        return self._means(commits, (self.holdout,))[self.holdout]
+
+    def _means(self, commits: set[str], names: tuple[str, ...]) -> dict[str, float | None]:
+        """Each of `names` as its mean over the scored runs of `commits`."""
+        runs = [r for r in self.rows if _scored(r) and r["commit"] in commits]
+        return {name: _mean([r.get(name) for r in runs]) for name in names}
 
     def is_better(self, candidate: float, reference: float) -> bool:
         return candidate < reference if self.direction == "minimize" else candidate > reference

@@ -15,7 +15,6 @@ one of its lines replaced by one line at the same indentation.
 
 from __future__ import annotations
 
-import ast
 import atexit
 import importlib.util
 import itertools
@@ -33,7 +32,7 @@ from pathlib import Path
 
 from agents.edits import EditError, apply_edits
 from engine.protocol import ProposalContext, code_hash
-from engine.tuning.knobs import Knob, find_knobs, literal
+from engine.tuning.knobs import Knob, find_knobs, literal, written_value
 
 LOCAL_MODEL = "local/smollm2"  # what --model names it
 SERVED_NAME = "smollm2"  # the name the server answers to; litellm reaches it as openai/<name>
@@ -247,8 +246,8 @@ def nearby_literals(knob: Knob) -> list[str]:
         values = [min(max(value, low), high) for value in values]
     else:
         return []
-    texts = dict.fromkeys(literal(knob, value) for value in values)
-    return [text for text in texts if ast.literal_eval(text) != knob.value]
+    return list(dict.fromkeys(literal(knob, value) for value in values
+                              if written_value(knob, value) != knob.value))
 
 
 def _editable(context: ProposalContext) -> dict[str, str]:

@@ -2,11 +2,18 @@
 code it is, and whether its only effect is on random state, all judged by the syntax tree."""
 
 import dataclasses
+import gc
+import sys
+import threading
+from pathlib import Path
 
 import pytest
 
 from engine.experiment.checks import Refused, apply_proposal, changes_only_randomness, code_hash
 from engine.protocol import Proposal
+from engine.tuning.knobs import find_knobs
+
+TEMPLATE = Path(__file__).parents[1] / "train_template"
 
 BEHAVES_AS_BEFORE = ("it changes only comments, blank lines, docstrings or formatting: "
                      "the code would behave as before")
@@ -188,3 +195,50 @@ def test_a_tiny_change_of_the_bundled_learning_rate_is_not_randomness_only(templ
     nudged = train.replace("LEARNING_RATE = 3e-3", "LEARNING_RATE = 3e-3 * (1 + 1e-9)")
     assert nudged != train
     assert not randomness_only(train, nudged)
+
+
+# -- reading code in several threads at once ---------------------------------------------------
+
+
+class _FinalisedLate:
+    """Garbage whose finaliser runs Python code, letting another thread in, when the collector
+    frees it in the middle of a parse."""
+
+    def __del__(self):
+        sum(range(100))
+
+
+def test_the_driver_reads_candidates_while_proposer_threads_read_their_parents_knobs():
+    """CPython 3.11 counts the depth of the tree it is parsing per interpreter, not per thread: a
+    real search failed with 'SystemError: AST constructor recursion depth mismatch' when the
+    driver read a candidate while an agent's thread read knobs. With garbage freed during each
+    parse, four threads of plain `ast.parse` collide within a second on 3.11."""
+    source = (TEMPLATE / "train.py").read_text()
+    failures = []
+
+    def read(thread: int):
+        for i in range(60):
+            garbage = [_FinalisedLate() for _ in range(50)]
+            for item in garbage:
+                item.cycle = item  # freed by the collector, not at once
+            del garbage
+            text = f"{source}\nX_{thread}_{i} = {i}\n"  # each text new: no cache answers it
+            try:
+                code_hash({"train.py": text}, ("train.py",))
+                find_knobs({"train.py": text}, ("train.py",))
+            except SystemError as error:
+                failures.append(error)
+
+    switching, thresholds = sys.getswitchinterval(), gc.get_threshold()
+    sys.setswitchinterval(1e-6)
+    gc.set_threshold(50)
+    try:
+        threads = [threading.Thread(target=read, args=(n,)) for n in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(switching)
+        gc.set_threshold(*thresholds)
+    assert failures == []

@@ -36,6 +36,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from engine.experiment.spec import Spec
+from engine.experiment.syntax import parse
 
 if TYPE_CHECKING:  # the protocol names this module's code_hash for the agents
     from engine.protocol import Proposal
@@ -204,7 +205,7 @@ def _canonical(name: str, text: str) -> str:
 def _normalised(source: str) -> ast.Module:
     """The syntax tree of `source` without the statements that do nothing: docstrings, any other
     constant alone on a line, and `pass`, so that an emptied body equals a `pass`."""
-    tree = ast.parse(source)
+    tree = parse(source)
     _drop(tree, lambda statement: isinstance(statement, ast.Pass) or (
         isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Constant)))
     return tree

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from engine.experiment.syntax import parse
+
 T = TypeVar("T")
 
 GOAL_FILE = "program.md"
@@ -197,7 +199,7 @@ def declared_metrics(harness_source: str) -> dict[str, tuple[str, ...]] | None:
     a phrase (or a tuple of phrases) a goal file may use for it. Read without running the
     harness; None when it declares none."""
     try:
-        module = ast.parse(harness_source)
+        module = parse(harness_source)
     except SyntaxError:
         return None
     for node in module.body:

@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from functools import lru_cache
 
+from engine.experiment.syntax import literal_value, parse
+
 SIGNIFICANT_DIGITS = 3  # of a float written back
 FLOAT_FACTOR = 10.0  # a positive float's default range: value / FACTOR .. value * FACTOR
 ZERO_FLOAT_RANGE = (0.0, 0.5)
@@ -121,7 +123,7 @@ def write_knobs(files: dict[str, str], values: Mapping[Knob, Value]) -> dict[str
 
 def written_value(knob: Knob, value: Value) -> Value:
     """The value the file holds once `value` is written: what a trial really ran."""
-    return ast.literal_eval(literal(knob, value))
+    return literal_value(literal(knob, value))
 
 
 def describe_tuning(old: Mapping[str, Value], new: Mapping[str, Value]) -> str:
@@ -144,7 +146,7 @@ def _file_knobs(path: str, source: str, *, qualify: bool) -> tuple[Knob, ...]:
         return line_ends[line - 1] - len(_rest_of_line(lines[line - 1], column))
 
     knobs: dict[str, Knob] = {}  # by name: a later assignment is the one in effect
-    for node in ast.parse(source).body:
+    for node in parse(source).body:
         if not (isinstance(node, ast.Assign) and len(node.targets) == 1
                 and isinstance(node.targets[0], ast.Name)):
             continue

@@ -1,8 +1,11 @@
 """The LLM agent: a model reached through litellm proposes each change, seeing what was tried.
 
-One agent works one island. The agents of a search share one litellm Router, which spreads the
-calls over the models given as `MODEL[=WEIGHT]` in proportion to their weights, and one
-`Spending`, which adds up what the calls cost and refuses new proposals once the cap is spent.
+One agent works one island, by its island's strategy (agents/strategies.py: a prompt variant
+added to its instructions, a temperature, perhaps models of its own). The agents of a search
+share one litellm Router and one `Spending`, which adds up what the calls cost and refuses new
+proposals once the cap is spent. Each call asks the model the search's bandit picked for it
+(engine/search/bandit.py; the `MODEL[=WEIGHT]` weights are its prior); a call made outside a
+search, with no model picked, goes to the Router's shared group, which draws one by weight.
 
 A proposal is one call, and perhaps a second:
 1. the prompt (agents/context.py) asks for a one-line description and SEARCH/REPLACE blocks;
@@ -24,12 +27,13 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from agents.context import Templates, proposal_messages, repair_messages
 from agents.edits import EditError, apply_edits
+from agents.strategies import Strategy
 from engine.protocol import Proposal, ProposalContext
 
 log = logging.getLogger(__name__)
@@ -84,7 +88,8 @@ class ModelSpec:
 
 
 def make_router(models: Sequence[ModelSpec], **litellm_params: Any) -> Any:
-    """A litellm Router that sends each call to one of `models`, drawn by weight.
+    """A litellm Router that sends a call for a model by its name to it, and a call for
+    MODEL_GROUP to one of `models`, drawn by weight.
 
     The Router does not retry (the agent does, with pauses it controls); it still cools down a
     model that keeps failing and sends the calls to the others meanwhile.
@@ -94,6 +99,8 @@ def make_router(models: Sequence[ModelSpec], **litellm_params: Any) -> Any:
                    "litellm_params": {"model": spec.model, "weight": spec.weight,
                                       **litellm_params}}
                   for spec in models]
+    model_list += [{"model_name": model, "litellm_params": {"model": model, **litellm_params}}
+                   for model in dict.fromkeys(spec.model for spec in models)]
     return litellm.Router(model_list=model_list, num_retries=0)
 
 
@@ -190,6 +197,7 @@ class _Tally:
 
     cost_usd: float = 0.0
     tokens: int = 0
+    model: str = ""  # the model asked (or, outside a search, the one that answered)
 
 
 class LLMAgent:
@@ -200,16 +208,26 @@ class LLMAgent:
     def __init__(self, router: Any, spending: Spending | None = None, *,
                  reply_format: ReplyFormat | None = None,
                  context_tokens: int = CONTEXT_TOKENS,
+                 strategy: Strategy | None = None,
+                 models: Mapping[str, float] | None = None,
                  backoff_s: Sequence[float] = BACKOFF_S,
                  timeout_s: float = REQUEST_TIMEOUT_S,
                  mock_responses: Iterable[str | Exception] | None = None) -> None:
         """`mock_responses`, for tests: one litellm `mock_response` per call, in order (a reply,
         an exception, or "litellm.RateLimitError"); litellm answers with it through its real
-        response path, usage and cost included, without a network."""
+        response path, usage and cost included, without a network. `models` are the Router's
+        models this agent may be asked to use, with their prior weights."""
         self.router = router
         self.spending = spending or Spending()
         self.reply_format = reply_format or SearchReplace()
-        self.templates = Templates.load(self.reply_format.template)
+        self.plan = strategy or Strategy("balanced")
+        self.strategy = self.plan.name
+        self.models = dict(models or {})
+        templates = Templates.load(self.reply_format.template)
+        if self.plan.prompt:  # a text, not a template: its $ are its own
+            templates = replace(templates, system=templates.system + "\n"
+                                + self.plan.prompt.replace("$", "$$") + "\n")
+        self.templates = templates
         self.context_tokens = context_tokens
         self.backoff_s = tuple(backoff_s)
         self.timeout_s = timeout_s
@@ -248,7 +266,7 @@ class LLMAgent:
         check_changes(files, changed)
         description = " ".join((description or "").split())[:DESCRIPTION_CHARS]
         return Proposal(description or describe(files, changed), changed,
-                        cost_usd=tally.cost_usd, tokens=tally.tokens)
+                        cost_usd=tally.cost_usd, tokens=tally.tokens, model=tally.model)
 
     def _complete(self, messages: list[dict[str, str]], context: ProposalContext,
                   tally: _Tally) -> str:
@@ -260,10 +278,13 @@ class LLMAgent:
                      litellm.ServiceUnavailableError, litellm.InternalServerError,
                      RouterRateLimitError)  # the last: every model is cooling down
         extra = self.reply_format.request(context)
+        if self.plan.temperature is not None:
+            extra = {"temperature": self.plan.temperature, **extra}
         for attempt in itertools.count():
             try:
-                response = self.router.completion(model=MODEL_GROUP, messages=messages,
-                                                  timeout=self.timeout_s, **extra, **self._mock())
+                response = self.router.completion(model=context.model or MODEL_GROUP,
+                                                  messages=messages, timeout=self.timeout_s,
+                                                  **extra, **self._mock())
                 break
             except transient as error:
                 if attempt < len(self.backoff_s):
@@ -284,6 +305,7 @@ class LLMAgent:
             self._cost += cost
         model = response._hidden_params.get("litellm_model_name") or response.model or "?"
         self.spending.add(model, cost, tokens)
+        tally.model = context.model or model
         return response.choices[0].message.content or ""
 
     def _mock(self) -> dict:

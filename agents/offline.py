@@ -3,7 +3,8 @@
 A knob is a module-level constant: `NAME = <number>`, or `NAME = "<string>"` whose comment on the
 same line names its alternatives (`# one of: gelu, relu, silu`); engine/tuning/knobs.py finds them.
 Each proposal nudges one knob, sometimes two (a knob with alternatives moves to another of them),
-and writes back only the new literal, so the rest of the file stays byte for byte the same. The
+how far and how often two at once as the island's strategy says (agents/strategies.py), and
+writes back only the new literal, so the rest of the file stays byte for byte the same. The
 island's history steers the search: a move (a knob and a direction, or a string knob and a value)
 that improved the objective is drawn more often, one that failed less often. The agent remembers
 what it proposed for each parent and never proposes the same content twice; once every single change
@@ -20,13 +21,13 @@ import re
 from collections.abc import Sequence
 from functools import lru_cache
 
+from agents.strategies import DEFAULT, Strategy, load_strategies
 from engine.protocol import Attempt, Proposal, ProposalContext
 from engine.tuning.knobs import Knob, find_knobs, literal, write_literals
 
 FACTORS = (0.5, 0.7, 0.8, 1.25, 1.4, 2.0)  # multiplicative steps of a float; the sign is kept
 FRACTION_STEPS = (-0.1, -0.05, 0.05, 0.1)  # additive steps of a float in [0, 1)
 FRACTION_MAX = 0.999  # a float in [0, 1) is clamped into [0, FRACTION_MAX]
-PAIR_PROBABILITY = 0.25  # how often a proposal changes two knobs at once
 PAIR_DRAWS = 32  # draws of a new pair before listing every pair
 # How one earlier outcome scales the weight of each move it made; the weights stay within
 # WEIGHT_RANGE so that no move becomes impossible and none takes over the search completely.
@@ -41,32 +42,36 @@ Candidate = tuple[tuple[Change, ...], float]  # one or two changes, and how like
 
 
 @lru_cache(maxsize=4096)
-def _new_literals(knob: Knob) -> tuple[str, ...]:
-    """The literals a knob may change to, each different from its current value. A power of
-    two has its neighbours as alternatives (engine/tuning/knobs.py), so it stays a power of two."""
+def _new_literals(knob: Knob, scale: float) -> tuple[str, ...]:
+    """The literals a knob may change to, each different from its current value, its steps
+    raised to the power `scale`. A power of two has its neighbours as alternatives
+    (engine/tuning/knobs.py), so it stays a power of two."""
     if knob.alternatives:
         return tuple(literal(knob, other) for other in knob.alternatives if other != knob.value)
-    steps = _int_steps(knob.value) if isinstance(knob.value, int) else _float_steps(knob.value)
+    steps = (_int_steps(knob.value, scale) if isinstance(knob.value, int)
+             else _float_steps(knob.value, scale))
     texts = dict.fromkeys(literal(knob, value) for value in steps)  # ordered, no duplicates
     return tuple(text for text in texts if float(text) != knob.value)
 
 
 @lru_cache(maxsize=4096)
-def _moves(knob: Knob) -> tuple[tuple[str, tuple[str, str]], ...]:
+def _moves(knob: Knob, scale: float) -> tuple[tuple[str, tuple[str, str]], ...]:
     """Each literal the knob may change to, with the move it makes."""
-    return tuple((text, _move(knob.label, knob.text, text)) for text in _new_literals(knob))
+    return tuple((text, _move(knob.label, knob.text, text)) for text in _new_literals(knob, scale))
 
 
-def _int_steps(value: int) -> list[int]:
-    steps = [value - 1, value + 1, round(value * 0.75), round(value * 1.25)]
+def _int_steps(value: int, scale: float) -> list[int]:
+    by = max(1, round(scale))
+    steps = [value - by, value + by, round(value * 0.75 ** scale), round(value * 1.25 ** scale)]
     return [step for step in steps if value < 1 or step >= 1]
 
 
-def _float_steps(value: float) -> list[float]:
-    steps = [value * factor for factor in FACTORS]
+def _float_steps(value: float, scale: float) -> list[float]:
+    steps = [value * factor ** scale for factor in FACTORS]
     if 0 <= value < 1:
         # A step no larger than the value itself: a learning rate of 3e-3 never jumps by 0.05.
-        steps += [value + step for step in FRACTION_STEPS if value == 0 or abs(step) <= value]
+        steps += [value + step * scale for step in FRACTION_STEPS
+                  if value == 0 or abs(step * scale) <= value]
         steps = [min(max(step, 0.0), FRACTION_MAX) for step in steps]
     return steps
 
@@ -121,8 +126,11 @@ class OfflineAgent:
 
     name = "offline"
 
-    def __init__(self, seed: int = 0) -> None:
+    def __init__(self, seed: int = 0, strategy: Strategy | None = None) -> None:
         self._random = random.Random(seed)
+        self.plan = strategy or load_strategies(DEFAULT)[0]
+        self.strategy = self.plan.name
+        self.models: dict[str, float] = {}  # no model to choose
         self._proposed: set[tuple[str, str]] = set()  # (parent digest, result digest)
 
     def propose(self, context: ProposalContext) -> Proposal:
@@ -133,14 +141,17 @@ class OfflineAgent:
                              "set to a number, or to a string with a '# one of:' comment")
         learned = _learned_weights(context.history, context.direction)
         singles: list[Candidate] = []
+        plan = self.plan
         for knob in knobs:
-            moves = _moves(knob)
+            moves = _moves(knob, plan.step_scale)
             for text, move in moves:
                 # Divided by the knob's number of moves: every knob starts out equally likely.
-                singles.append((((knob, text),), learned.get(move, 1.0) / len(moves)))
+                weight = learned.get(move, 1.0) / len(moves)
+                singles.append((((knob, text),), weight * plan.shrink if move[1] == "down"
+                                else weight))
         parent = _digest({path: context.files[path] for path in context.editable
                           if path in context.files})
-        plans = ((self._draw_pair, self._draw_new) if self._random.random() < PAIR_PROBABILITY
+        plans = ((self._draw_pair, self._draw_new) if self._random.random() < plan.pair_probability
                  else (self._draw_new, self._draw_pair))
         for draw in plans:
             drawn = draw(singles, context.files, parent)

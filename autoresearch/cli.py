@@ -148,6 +148,10 @@ def check(task_dir: str, budget: float, grace: float | None) -> None:
 @click.option("--max-cost", type=click.FloatRange(min=0, min_open=True), metavar="DOLLARS",
               help="Stop proposing once the agents have spent this much; queued experiments "
                    "still run.")
+@click.option("--strategies", default="", metavar="NAMES|FILE",
+              help="How the islands' agents work, given to the islands in turn: bundled "
+                   "strategies (balanced, bold, refine, simplify; e.g. bold,refine,simplify) or "
+                   "a TOML file of your own (docs/strategies.md). Default: balanced.")
 @click.option("--context-tokens", type=click.IntRange(min=500), metavar="N",
               help="The most tokens of one prompt (older history is compressed to fit).")
 @click.option("--seed", type=int, default=0, show_default=True,
@@ -179,7 +183,8 @@ def check(task_dir: str, budget: float, grace: float | None) -> None:
 def search(task_dir: str, agents: int, budget: float | None, max_experiments: int | None,
            hours: float | None, target: float | None, run_dir: str | None,
            address: str | None, gpus: int | None, agent_name: str, models: tuple[str, ...],
-           max_cost: float | None, context_tokens: int | None, seed: int, noise_seeds: int,
+           max_cost: float | None, strategies: str, context_tokens: int | None, seed: int,
+           noise_seeds: int,
            confirm_seeds: int, memory_limit: float | None, grace: float | None, tune_trials: int,
            tune_every: int | None, tune_share: float, no_tune: bool, quiet: bool,
            verbose: bool) -> None:
@@ -190,6 +195,8 @@ def search(task_dir: str, agents: int, budget: float | None, max_experiments: in
     task = load_task(task_dir)
     if models:
         agent_name = "llm"
+    if strategies.endswith(".toml"):  # a resume may start elsewhere
+        strategies = str(Path(strategies).resolve())
     folder = Path(run_dir or Path("runs") / f"{task.path.resolve().name}-"
                                             f"{time.strftime('%Y%m%d-%H%M%S')}")
     if folder.exists() and any(folder.iterdir()):
@@ -198,7 +205,7 @@ def search(task_dir: str, agents: int, budget: float | None, max_experiments: in
                             hours=hours, target=target, seed=seed, noise_seeds=noise_seeds,
                             confirm_seeds=confirm_seeds, agent=agent_name, models=models,
                             max_cost=max_cost, context_tokens=context_tokens,
-                            memory_limit_gb=memory_limit, grace_s=grace,
+                            strategies=strategies, memory_limit_gb=memory_limit, grace_s=grace,
                             tune_trials=0 if no_tune else tune_trials, tune_every=tune_every,
                             tune_share=tune_share)
     for line in task.spec.not_enforced:
@@ -255,7 +262,8 @@ def _agents(options: SearchOptions) -> list:
 
     try:
         return make_agents(options.agent, options.agents, options.seed, models=options.models,
-                           max_cost=options.max_cost, context_tokens=options.context_tokens)
+                           max_cost=options.max_cost, context_tokens=options.context_tokens,
+                           strategies=options.strategies)
     except (ValueError, LocalModelUnavailable) as error:
         raise BadInput(str(error)) from error
 

@@ -197,7 +197,8 @@ class Search:
     def _admitted(self, done: Proposed) -> Experiment | None:
         """The experiment the core makes of a finished proposal; None when it refuses it, and
         the refusal is recorded (`rejected`) with what the proposal cost."""
-        experiment, refusal = self.core.admit(done.island, done.parent, done.proposal, done.agent)
+        experiment, refusal = self.core.admit(done.island, done.parent, done.proposal, done.agent,
+                                              done.strategy, done.model)
         self.state.spent_usd += experiment.cost_usd
         if refusal is None:
             return experiment

@@ -63,6 +63,9 @@ class ProposalContext:
     protected: tuple[str, ...] = field(default=())  # files no edit may touch (the harness, ...)
     leaderboard: tuple[Attempt, ...] = field(default=())  # the best kept changes, all islands
     promotions: tuple[Attempt, ...] = field(default=())  # recent promotions, newest last
+    # The model this call should ask, of the agent's `models` (the search's bandit chose it,
+    # engine/search/bandit.py); "": the agent's own choice.
+    model: str = ""
 
 
 @dataclass(frozen=True)
@@ -73,12 +76,18 @@ class Proposal:
     files: dict[str, str]  # new contents of every changed file (unchanged files left out)
     cost_usd: float = 0.0  # what producing it cost (LLM agents)
     tokens: int = 0
+    model: str = ""  # the model that wrote it (LLM agents)
 
 
 class Agent(Protocol):
     """A proposer. Implementations: agents.offline.OfflineAgent (no model needed)."""
 
     name: str
+    # Optional: the strategy the agent works by (agents/strategies.py; default "balanced"), and
+    # the models it may ask, each with its prior weight (default none): the search's bandit picks
+    # one for each call.
+    # strategy: str
+    # models: Mapping[str, float]
 
     def propose(self, context: ProposalContext) -> Proposal:
         """Propose one change to `context.files`. May raise; the engine records the error."""

@@ -146,6 +146,8 @@ class Experiment:
     seed: int
     agent: str
     queued_at: float = field(default_factory=time.time)
+    strategy: str = ""  # mutations of an agent: its island's strategy (agents/strategies.py)
+    model: str = ""  # and the model that wrote the change, for an LLM agent
     started_at: float | None = None
     seed_only: bool = False  # its only effect is on randomness (engine/experiment/checks.py)
     cost_usd: float = 0.0
@@ -168,8 +170,8 @@ class Experiment:
         values["kind"] = Kind(values["kind"])
         values["cost_usd"] = values.get("cost_usd") or 0.0
         values["tokens"] = values.get("tokens") or 0
-        values["confirms"] = values.get("confirms") or ""
-        values["accelerator"] = values.get("accelerator") or ""
+        for name in ("confirms", "accelerator", "strategy", "model"):  # null in older rows
+            values[name] = values.get(name) or ""
         return cls(files={}, **values)
 
 
@@ -206,6 +208,8 @@ class Result:
     accelerator: str = ""
     trial: str = ""  # a knob trial: Tune's id
     knobs: str = ""  # a knob trial: its values, as JSON
+    strategy: str = ""  # an agent's change: its island's strategy
+    model: str = ""  # an LLM agent's change: the model that wrote it
     # The training loss at a few steps evenly spaced over the run (engine/experiment/progress.py)
     loss_curve: tuple[tuple[int, float], ...] = ()
     metrics: dict[str, float | None] = field(default_factory=dict)
@@ -233,7 +237,7 @@ class Result:
             confirms=experiment.confirms, description=experiment.description,
             seed=experiment.seed, budget_s=budget_s, queued_at=experiment.queued_at,
             cost_usd=experiment.cost_usd, tokens=experiment.tokens, status=status,
-            message=message, **columns)
+            message=message, strategy=experiment.strategy, model=experiment.model, **columns)
         if isinstance(outcome, Exception):
             result.status = Status.CRASH
             result.message = f"the worker failed: {outcome}"[:2000]
@@ -264,7 +268,7 @@ class Result:
         fixed = {f.name for f in fields(cls)} - {"metrics"}
         values = {name: row[name] for name in fixed if name in row}
         for name in ("log_tail", "node", "gpu", "accelerator", "trial", "knobs", "message",
-                     "data_fingerprint", "confirms"):
+                     "data_fingerprint", "confirms", "strategy", "model"):
             values[name] = values.get(name) or ""
         for name in ("train_wall_s", "eval_wall_s", "cost_usd"):
             values[name] = values.get(name) or 0.0

@@ -37,7 +37,9 @@ import pyarrow.parquet as pq
 from engine.experiment.records import Result, Status
 
 _S, _F, _T = pa.string(), pa.float64(), pa.timestamp("ms", tz="UTC")
-_NULLABLE = ("island", "objective", "started_at", "finished_at", "loss_curve")
+# Nullable: absent from some rows, or from the parts of a run older than the column.
+_NULLABLE = ("island", "objective", "started_at", "finished_at", "loss_curve", "strategy",
+             "model")
 ROW_FIELDS: tuple[pa.Field, ...] = tuple(
     pa.field(name, kind, nullable=name in _NULLABLE) for name, kind in [
         ("exp_id", _S), ("run", _S), ("kind", _S), ("island", pa.int32()), ("agent", _S),
@@ -51,6 +53,7 @@ ROW_FIELDS: tuple[pa.Field, ...] = tuple(
         ("left_behind", pa.int32()), ("data_fingerprint", _S),
         ("trial", _S), ("knobs", _S),  # a tuning trial: Tune's id, its knob values as JSON
         ("loss_curve", _S),  # [[step, training loss], ...] as JSON (engine/experiment/progress.py)
+        ("strategy", _S), ("model", _S),  # an agent's change: its strategy, the model that wrote it
     ]
 )
 TIMESTAMPS = ("queued_at", "started_at", "finished_at")

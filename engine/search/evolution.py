@@ -29,6 +29,7 @@ from engine.experiment.checks import Refused, apply_proposal, changes_only_rando
 from engine.experiment.records import Experiment, Kind, Result, Status
 from engine.experiment.spec import Spec
 from engine.protocol import Attempt, Measured, Proposal, ProposalContext
+from engine.search.bandit import Bandit
 from engine.search.options import SearchOptions
 from engine.search.population import CPU, Decision, Member, Population
 
@@ -72,6 +73,8 @@ class Evolution:
         self.seen_code: dict[str, tuple[str, str]] = {
             code_hash(start.files, spec.editable_files): ("", "")}
         self.noise_outstanding = options.noise_seeds
+        # Which strategies and models the agents' calls go to, by what their changes earned.
+        self.bandit = Bandit(options.budget_s or spec.time_budget_s)
         self.next_id = 0
         self._deferred: list[tuple[Experiment, Result]] = []  # judged once the noise is known
         self._scores: dict[str, list[tuple[float, str]]] = {}  # commit -> scores, parents let go
@@ -118,13 +121,15 @@ class Evolution:
             promotions=tuple(self._attempt_of(member)
                              for member in population.promotions[-PROMOTIONS_SHOWN:]))
 
-    def admit(self, island: int, parent: Member, proposal: Proposal | Exception,
-              agent: str) -> tuple[Experiment, str | None]:
+    def admit(self, island: int, parent: Member, proposal: Proposal | Exception, agent: str,
+              strategy: str = "", model: str = "") -> tuple[Experiment, str | None]:
         """An agent's proposal (or the error it raised) as an experiment on `parent`, and why it
-        is refused (None: it may run once committed and enqueued)."""
+        is refused (None: it may run once committed and enqueued). `strategy` and `model` are
+        what the agent was asked to work with."""
         exp_id = self._new_id()
         experiment = Experiment(exp_id, Kind.MUTATION, island, "", parent.commit, parent.files,
-                                "", self._fresh_seed(exp_id), agent)
+                                "", self._fresh_seed(exp_id), agent, strategy=strategy,
+                                model=getattr(proposal, "model", "") or model)
         if isinstance(proposal, Exception):
             # A failed proposal may have cost something: an LLM agent's error says what
             # (agents.llm.ProposalFailed), and the row keeps it.
@@ -253,8 +258,12 @@ class Evolution:
                           log_tail=result.log_tail if result.status is Status.CRASH else "",
                           measured=_measured(result),
                           parent_measured=self._measured.get(experiment.parent))
-        self._apply(self.population.observe_child(
-            experiment.island, parent, child, attempt, confirm_because=confirm_because), told)
+        decisions = self.population.observe_child(experiment.island, parent, child, attempt,
+                                                  confirm_because=confirm_because)
+        if experiment.kind is Kind.MUTATION and experiment.agent != "merge":
+            self.bandit.told(experiment.strategy, experiment.model,
+                             child.exp_id in self.population.kept, experiment.cost_usd)
+        self._apply(decisions, told)
 
     def _judge_trial(self, experiment: Experiment, result: Result, told: Told) -> None:
         """A tuning trial is judged like a mutation only when it beats its member and every
@@ -352,6 +361,7 @@ class Evolution:
         return self.enqueue(*made, first=True)
 
     def _remember_rejected(self, experiment: Experiment, message: str) -> None:
+        self.bandit.told(experiment.strategy, experiment.model, False, experiment.cost_usd)
         parent = self._parent(experiment)
         self.population.islands[experiment.island].history.append(Attempt(
             experiment.description, Status.REJECTED, None,
@@ -411,7 +421,8 @@ class Evolution:
     def to_dict(self) -> dict:
         """What a checkpoint keeps of the core (`status` reads it; resume replays the results)."""
         return {"submitted": self.submitted, "next_id": self.next_id,
-                "fingerprint": self.fingerprint, **self.population.to_dict()}
+                "fingerprint": self.fingerprint, "arms": self.bandit.to_dict(),
+                **self.population.to_dict()}
 
     # -- helpers -------------------------------------------------------------------------------
 

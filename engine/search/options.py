@@ -26,3 +26,4 @@ class SearchOptions:
     agent: str = "offline"
     models: tuple[str, ...] = ()
     context_tokens: int | None = None
+    strategies: str = ""  # bundled strategy names, or a TOML file (agents/strategies.py)

@@ -1,11 +1,14 @@
 """The agents at work: one proposal in flight per island, each in a thread of its own, asked for
-ahead of need so that no GPU waits for a proposer; an agent that fails backs off. When the search
+ahead of need so that no GPU waits for a proposer; an agent that fails backs off. When fewer
+proposals are wanted than islands are free, the core's bandit (engine/search/bandit.py) says
+which island goes first and which of its agent's models it asks. When the search
 ends, a call still in flight gets a few seconds to come back, and is then left behind: its thread
 runs on to its end, unread (the process waits for it at exit; daemon threads would not hold the
 process, but one stopped inside litellm's lazy imports deadlocked the interpreter's exit)."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from collections.abc import Callable
@@ -13,6 +16,7 @@ from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 from engine.protocol import Agent, Proposal
+from engine.search.bandit import Choice
 from engine.search.evolution import Evolution
 from engine.search.population import Member
 
@@ -30,6 +34,8 @@ class Proposed:
     parent: Member
     agent: str
     proposal: Proposal | Exception
+    strategy: str = ""  # the island's strategy
+    model: str = ""  # the model the agent was asked to use ("": its own choice)
 
 
 class Proposers:
@@ -42,7 +48,7 @@ class Proposers:
         self._rng = random.Random(seed)
         self._threads = calls or ThreadPoolExecutor(max_workers=max(len(agents), 1),
                                                     thread_name_prefix="agent")
-        self._calls: dict[int, tuple[Future, Member]] = {}  # island -> its call in flight
+        self._calls: dict[int, tuple[Future, Member, str]] = {}  # island -> call, parent, model
         self._failures: dict[int, int] = {}
         self._resume_at: dict[int, float] = {}
 
@@ -51,23 +57,32 @@ class Proposers:
         return len(self._calls)
 
     def ask(self, wanted: int, core: Evolution) -> None:
-        """Start agents, islands in random order, while fewer than `wanted` proposals are queued
-        or in flight; one call per island at a time, none for an island backing off."""
+        """Start agents while fewer than `wanted` proposals are queued or in flight: one call
+        per island at a time, none for an island backing off; the free islands in random order,
+        or in the bandit's where their strategies or models differ."""
         now = self._clock()
-        for island in self._rng.sample(range(len(self.agents)), len(self.agents)):
-            if len(core.queue) + len(self._calls) >= wanted:
-                return
-            if island in self._calls or now < self._resume_at.get(island, 0):
-                continue
-            parent = core.parent(island)
-            future = self._threads.submit(self.agents[island].propose,
-                                          core.context(island, parent))
-            self._calls[island] = (future, parent)
+        free = [Choice(island, self.strategy(island), getattr(self.agents[island], "models", {}))
+                for island in self._rng.sample(range(len(self.agents)), len(self.agents))
+                if island not in self._calls and now >= self._resume_at.get(island, 0)]
+        arms = {(choice.strategy, model) for choice in free for model in choice.models or [""]}
+        while free and len(core.queue) + len(self._calls) < wanted:
+            if len(arms) > 1:
+                choice, model = core.bandit.pick(free, self._rng)
+            else:
+                choice, model = free[0], next(iter(free[0].models), "")
+            free.remove(choice)
+            parent = core.parent(choice.island)
+            context = dataclasses.replace(core.context(choice.island, parent), model=model)
+            future = self._threads.submit(self.agents[choice.island].propose, context)
+            self._calls[choice.island] = (future, parent, model)
+
+    def strategy(self, island: int) -> str:
+        return getattr(self.agents[island], "strategy", "")
 
     def finished(self) -> list[Proposed]:
         """The calls that ended since the last look; an agent that raised backs off."""
         done = []
-        for island, (future, parent) in list(self._calls.items()):
+        for island, (future, parent, model) in list(self._calls.items()):
             if not future.done():
                 continue
             del self._calls[island]
@@ -81,13 +96,14 @@ class Proposers:
                 proposal = error
             else:
                 self._failures[island] = 0
-            done.append(Proposed(island, parent, self.agents[island].name, proposal))
+            done.append(Proposed(island, parent, self.agents[island].name, proposal,
+                                 self.strategy(island), model))
         return done
 
     def close(self, grace_s: float = STOP_GRACE_S) -> list[Proposed]:
         """Ask nothing more; give the calls in flight up to `grace_s` to end, and return those
         that did. The others are left behind, unread."""
-        wait([future for future, _ in self._calls.values()], timeout=grace_s)
+        wait([future for future, _, _ in self._calls.values()], timeout=grace_s)
         done = self.finished()
         self._calls.clear()
         self._threads.shutdown(wait=False, cancel_futures=True)

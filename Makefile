@@ -23,8 +23,8 @@ setup: $(BIN)/.installed
 # there is none), the offline proposer, 15 s of training each, 32 experiments, 4 tuning trials
 # after each promotion (about 10 minutes on 2 CPU cores).
 demo: setup
-	$(BIN)/autoresearch search train_template --gpus 2 --agents 2 --budget 15 \
-		--max-experiments 32 --tune-trials 4 --run-dir runs/demo-$$(date +%Y%m%d-%H%M%S)
+	$(BIN)/autoresearch search train_template --gpus 2 --agents 3 --budget 15 \
+		--strategies bold,refine,simplify --max-experiments 32 --tune-trials 4 --run-dir runs/demo-$$(date +%Y%m%d-%H%M%S)
 
 test: setup
 	$(BIN)/ruff check .

@@ -75,9 +75,9 @@ def test_the_leaderboard_shows_each_tracked_metric_of_a_change_beside_its_score(
             row(7, island=1, objective=2.4, parent="c3", val_perplexity=5.2)]
     board = leaderboard(hand_written(rows, tracked=("val_perplexity", "loss_spikes")))
     assert board.splitlines()[1:4] == [
-        "rank  exp      island     val_bpb  val_perplexity  loss_spikes  description",
-        "   1  e00007        1    2.400000          5.2000            -  change 7",
-        "   2  e00003        0    2.500000          6.1000            2  change 3"]
+        "rank  exp      island  strategy       val_bpb  val_perplexity  loss_spikes  description",
+        "   1  e00007        1  -             2.400000          5.2000            -  change 7",
+        "   2  e00003        0  -             2.500000          6.1000            2  change 3"]
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,9 @@ are kept."""
 
 import math
 import random
+import re
+import subprocess
+import sys
 from collections import Counter
 
 import pytest
@@ -172,3 +175,12 @@ def test_every_row_of_an_agents_change_records_its_islands_strategy(tmp_path):
     by_island = {(row["island"], row["strategy"]) for row in search.store.rows()
                  if row["kind"] == "mutation" and row["agent"] == "offline"}
     assert by_island == {(0, "bold"), (1, "refine"), (2, "simplify")}
+
+    # status and the report compare them, by kept changes per GPU-hour and per dollar.
+    shown = subprocess.run([sys.executable, "-m", "autoresearch.cli", "status",
+                            str(search.run_dir)], capture_output=True, text=True).stdout
+    table = shown[shown.index("strategies (kept changes per GPU-hour"):].splitlines()[1:]
+    assert sorted(line.split()[0] for line in table) == ["bold", "refine", "simplify"]
+    kept = sum(int(re.search(r"(\d+) kept", line)[1]) for line in table)
+    assert kept == len([row for row in search.store.rows() if row["agent"] == "offline"
+                        and row["exp_id"] in search.population.kept])

@@ -52,11 +52,13 @@ def leaderboard(run: RunData, top: int = TOP) -> str:
     widths = {name: max(len(name), 10) for name in run.tracked}
     lines = [f"Leaderboard ({metric}, {'lower' if direction == 'minimize' else 'higher'} is "
              f"better; {len(rows)} experiments; one run each, * promoted)",
-             f"{'rank':>4}  {'exp':8} {'island':>6}  {metric:>10}  "
+             f"{'rank':>4}  {'exp':8} {'island':>6}  {'strategy':10}  {metric:>10}  "
              + "".join(f"{name:>{width}}  " for name, width in widths.items()) + "description"]
     for rank, row in enumerate(ranked[:top], start=1):
         name = row["exp_id"] + ("*" if row["exp_id"] in promoted else "")
-        lines.append(f"{rank:>4}  {name:8} {row['island']:>6}  {row['objective']:>10.6f}  "
+        strategy = row.get("strategy") or "-"
+        lines.append(f"{rank:>4}  {name:8} {row['island']:>6}  {strategy:10}  "
+                     f"{row['objective']:>10.6f}  "
                      + "".join(f"{format_metric(row.get(tracked)):>{width}}  "
                                for tracked, width in widths.items())
                      + row["description"])
@@ -123,7 +125,8 @@ def _leaderboard_table(run: RunData) -> str:
         return "<p>No change has a score yet.</p>"
     kept, promoted = run.kept, set(run.promoted)
     lines = ['<table id="leaderboard">',
-             f"<tr><th>rank</th><th>experiment</th><th>island</th><th>{escape(run.metric)}</th>"
+             f"<tr><th>rank</th><th>experiment</th><th>island</th><th>strategy</th>"
+             f"<th>{escape(run.metric)}</th>"
              + "".join(f"<th>{escape(name)}</th>" for name in run.tracked)
              + "<th></th><th>description</th></tr>"]
     for rank, row in enumerate(ranked[:REPORT_TOP], start=1):
@@ -132,6 +135,7 @@ def _leaderboard_table(run: RunData) -> str:
         lines.append(
             f'<tr class="{mark}"><td class="number">{rank}</td><td>{row["exp_id"]}</td>'
             f'<td class="number">{row["island"]}</td>'
+            f'<td>{escape(row.get("strategy") or "-")}</td>'
             f'<td class="number">{row["objective"]:.6f}</td>'
             + "".join(f'<td class="number">{format_metric(row.get(name))}</td>'
                       for name in run.tracked)

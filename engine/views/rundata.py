@@ -185,6 +185,30 @@ def _tracked_metrics(run_dir: RunDir, info: dict) -> tuple[str, ...]:
         return ()
 
 
+def strategies(run: RunData) -> list[dict]:
+    """The agents' changes by strategy and model: proposals, changes kept and promoted, the GPU
+    time of their runs and what their calls cost, and kept changes per GPU-hour and per dollar
+    (None without GPU time or cost). Best per GPU-hour first."""
+    kept, promoted = run.kept, set(run.promoted)
+    arms: dict[tuple[str, str], dict] = {}
+    for row in run.rows:
+        if row["kind"] != "mutation" or row["agent"] == "merge" or row["status"] == "interrupted":
+            continue
+        arm = arms.setdefault((row.get("strategy") or "-", row.get("model") or "-"), {
+            "strategy": row.get("strategy") or "-", "model": row.get("model") or "-",
+            "proposals": 0, "kept": 0, "promoted": 0, "gpu_hours": 0.0, "cost_usd": 0.0})
+        arm["proposals"] += 1
+        arm["kept"] += row["exp_id"] in kept
+        arm["promoted"] += row["exp_id"] in promoted
+        if row["started_at"] is not None and row["finished_at"] is not None:
+            arm["gpu_hours"] += (row["finished_at"] - row["started_at"]) / 3600
+        arm["cost_usd"] += row["cost_usd"] or 0.0
+    for arm in arms.values():
+        arm["kept_per_gpu_hour"] = arm["kept"] / arm["gpu_hours"] if arm["gpu_hours"] else None
+        arm["kept_per_usd"] = arm["kept"] / arm["cost_usd"] if arm["cost_usd"] else None
+    return sorted(arms.values(), key=lambda arm: -(arm["kept_per_gpu_hour"] or 0))
+
+
 def trained(rows: list[dict]) -> list[dict]:
     """The rows of experiments that ran to the end (whatever their status)."""
     return [r for r in rows if Status(r["status"]).trained]

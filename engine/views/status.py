@@ -11,7 +11,7 @@ import statistics
 import time
 
 from engine.experiment.records import Result
-from engine.views.rundata import RunData, trained
+from engine.views.rundata import RunData, strategies, trained
 from engine.views.summary import Summary
 
 
@@ -61,6 +61,7 @@ def summarise(run: RunData) -> dict:
         "slots": gpu.get("slots"),
         "gpu_utilisation": gpu_utilisation,
         "cost_usd": counted.spent_usd,
+        "strategies": strategies(run),
     }
 
 
@@ -136,6 +137,13 @@ def format_status(summary: dict, now: float | None = None) -> str:
         + (f"(of {summary['slots']} slots)" if summary["slots"]
            else f"(of {summary['at_once']} at once)"),
         f"cost ${summary['cost_usd']:.2f}"]))
+    if summary["strategies"]:
+        lines.append("strategies (kept changes per GPU-hour of their runs, per dollar of their "
+                     "calls):")
+        lines += [f"  {arm['strategy']:10} {arm['model']:24} {arm['proposals']:>4} proposals, "
+                  f"{arm['kept']:>3} kept, {arm['promoted']:>2} promoted · "
+                  f"{_rate(arm['kept_per_gpu_hour'])}/GPU-h · {_rate(arm['kept_per_usd'])}/$"
+                  for arm in summary["strategies"]]
     return "\n".join(lines)
 
 
@@ -174,6 +182,10 @@ def _name(exp_id: str) -> str:
 
 def _number(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.2f}"
 
 
 def _percent(value: float | None) -> str:

@@ -73,6 +73,13 @@ def test_a_stopped_search_resumes_the_same_population_and_repeats_no_completed_e
     second = resumed(run_dir)
     assert second.problems == []
     assert second.population.to_dict() == first.population.to_dict()
+    # Its agents are shown what they were shown before the stop: the newest attempts of each
+    # island in full, their changes (diffs of the editable files) included.
+    for before, after in zip(first.population.islands, second.population.islands, strict=True):
+        newest = list(before.history)[-5:]
+        assert list(after.history)[-5:] == newest
+        assert all(attempt.diff.startswith("--- a/train.py") for attempt in newest
+                   if attempt.status == "ok")
     assert {e.exp_id for e in second.core.queue} >= interrupted
     second.run()
 

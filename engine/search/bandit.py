@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 GPU_HOUR_USD = 2.0  # what a GPU-hour is weighed at against what the calls cost
 PRIOR_KEEP_RATE = 0.2  # the keep rate an arm of average weight is expected to have
-PRIOR_PROPOSALS = 4.0  # what the prior is worth, in proposals
+PRIOR_PROPOSALS = 10.0  # what the prior is worth, in proposals: early luck does not decide
 FLOOR = 0.1  # the share of picks drawn uniformly over the arms
 
 

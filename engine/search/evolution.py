@@ -23,7 +23,7 @@ import hashlib
 import logging
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from engine.experiment.checks import Refused, apply_proposal, changes_only_randomness, code_hash
 from engine.experiment.records import Experiment, Kind, Result, Status
@@ -39,6 +39,7 @@ RANDOMNESS_ONLY = ("its only effect is on randomness (a seed, a random draw): it
                    "luck, and is confirmed on fresh seeds like any change")
 LEADERBOARD_SHOWN = 8  # kept changes of all islands an agent sees
 PROMOTIONS_SHOWN = 5
+DIFFS_RESTORED = 8  # of each island's newest attempts, on resume (agents show 5 in full)
 
 # Merges a promoted member into the baseline and returns the commit the baseline is now at.
 Merge = Callable[[Member, str], str]
@@ -251,9 +252,11 @@ class Evolution:
         message = result.message or (RANDOMNESS_ONLY if experiment.seed_only else "")
         attempt = Attempt(experiment.description, result.status, score,
                           parent.objective if parent.runs else None, message,
-                          # A parent the population no longer holds comes without its files:
-                          # no diff then, rather than every file shown as new.
-                          diff=_diff(parent.files, experiment.files) if parent.files else "",
+                          # A parent the population no longer holds, or a replayed result,
+                          # comes without its files: no diff then (a resume restores the diffs
+                          # agents are shown, `restore_diffs`), rather than files shown as gone.
+                          diff=self.diff(parent.files, experiment.files)
+                          if parent.files and experiment.files else "",
                           exp_id=experiment.exp_id,
                           log_tail=result.log_tail if result.status is Status.CRASH else "",
                           measured=_measured(result),
@@ -417,6 +420,25 @@ class Evolution:
                 made += self._confirmation_runs(member, island, baseline, accelerator,
                                                 missing[Kind.CONFIRM], missing[Kind.CONTROL])
         return made
+
+    def diff(self, before: dict[str, str], after: dict[str, str]) -> str:
+        """The change between two versions of the editable files, as a unified diff."""
+        return _diff({name: before.get(name, "") for name in self.spec.editable_files},
+                     {name: after.get(name, "") for name in self.spec.editable_files})
+
+    def restore_diffs(self, changes: dict[str, tuple[str, str]],
+                      files_at: Callable[[str], dict[str, str]]) -> None:
+        """Give back their diffs to the newest DIFFS_RESTORED attempts of each island, which a
+        replay told without files; `changes` maps an experiment to its parent's commit and its
+        own, `files_at` reads a commit's files."""
+        for island in self.population.islands:
+            history = island.history
+            for k in range(max(len(history) - DIFFS_RESTORED, 0), len(history)):
+                attempt = history[k]
+                parent, commit = changes.get(attempt.exp_id, ("", ""))
+                if not attempt.diff and parent and commit:
+                    history[k] = replace(attempt, diff=self.diff(files_at(parent),
+                                                                  files_at(commit)))
 
     def to_dict(self) -> dict:
         """What a checkpoint keeps of the core (`status` reads it; resume replays the results)."""

@@ -55,6 +55,8 @@ def resume(search_class, task: Task, run_dir: Path, options, agents, run, *, wri
     for member in core.population.reachable():  # replayed members carry no code
         if not member.files:
             member.files = repo.files_at(member.commit)
+    core.restore_diffs({result.exp_id: (result.parent, result.commit) for result in results
+                        if result.commit}, repo.files_at)
     unfinished = []
     for exp_id, entry in entries.items():
         if exp_id not in completed:

@@ -70,10 +70,18 @@ TUNE_ENVIRONMENT = {"TUNE_DISABLE_STRICT_METRIC_CHECKING": "1", "TUNE_GLOBAL_CHE
 _LIVE: dict[str, Refinement] = {}
 
 
+# Without its own loggers' files, Tune's summary of a finished run (`fit`'s ResultGrid, which
+# nothing here reads: every trial is in the ledger and the results) warns, on the terminal, of
+# every trial's "result.json and progress.csv were not found".
+QUIET_TUNE_LOGGERS = ("ray.tune.analysis.experiment_analysis",)
+
+
 def prepare() -> None:
     """What Tune reads from this process's environment, set before a run starts."""
     os.environ.update({k: v for k, v in TUNE_ENVIRONMENT.items() if k not in os.environ})
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for name in QUIET_TUNE_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def fit(refinement: Refinement) -> None:

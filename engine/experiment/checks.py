@@ -147,39 +147,44 @@ def _code(source: str) -> _Code | None:
         tree = _normalised(source)
     except (SyntaxError, ValueError):
         return None
-    # A source that names no seeder or generator needs no walk of its tree to find one.
-    seeding = ({node.id for node in _in_seeding_arguments(tree) if isinstance(node, ast.Name)}
-               if any(name in source for name in _SEEDERS | _GENERATORS) else set())
+    analysed = _analysed(source, tree)
+    seeding = set().union(*(names for _, names in analysed))
     # and the names the values of those names read (`MY_SEED = BASE + SEED`), and so on
     while grown := {node.id for statement in tree.body if _assigned_names(statement) & seeding
                     and getattr(statement, "value", None) is not None
                     for node in ast.walk(statement.value)
                     if isinstance(node, ast.Name)} - seeding:
         seeding |= grown
-    return _Code(tree, _dumps(source, tree), frozenset(_RANDOM | seeding))
+    return _Code(tree, tuple(dump for dump, _ in analysed), frozenset(_RANDOM | seeding))
 
 
-_DUMPS: dict[tuple[str, int, int], str] = {}  # a statement's text and columns -> its dump
-_DUMPS_KEPT = 100_000
+# A statement's text and columns -> its dump, and the names read in its seeding arguments
+_ANALYSED: dict[tuple[str, int, int], tuple[str, frozenset[str]]] = {}
+_ANALYSED_KEPT = 100_000
 
 
-def _dumps(source: str, tree: ast.Module) -> tuple[str, ...]:
-    """The dump of each top-level statement of `source`'s normalised tree. A child shares all
-    but a few statements with its parent, and dumping was most of the cost of admitting it, so
-    each is looked up by its lines and columns first (two statements may share a line)."""
-    if len(_DUMPS) > _DUMPS_KEPT:
-        _DUMPS.clear()
+def _analysed(source: str, tree: ast.Module) -> tuple[tuple[str, frozenset[str]], ...]:
+    """Each top-level statement of `source`'s normalised tree: its dump, and the names read in
+    the arguments of its seed-setting calls and generators. A child shares all but a few
+    statements with its parent, and walking and dumping them was most of the cost of admitting
+    it, so each is looked up by its lines and columns first (two statements may share a line)."""
+    if len(_ANALYSED) > _ANALYSED_KEPT:
+        _ANALYSED.clear()
     lines = io.StringIO(source, newline="").readlines()  # split where ast splits lines
-    dumps = []
+    analysed = []
     for statement in tree.body:
         decorators = getattr(statement, "decorator_list", None)
         first = decorators[0].lineno if decorators else statement.lineno
-        key = ("".join(lines[first - 1:statement.end_lineno]), statement.col_offset,
-               statement.end_col_offset)
-        if key not in _DUMPS:
-            _DUMPS[key] = ast.dump(statement)
-        dumps.append(_DUMPS[key])
-    return tuple(dumps)
+        text = "".join(lines[first - 1:statement.end_lineno])
+        key = (text, statement.col_offset, statement.end_col_offset)
+        if key not in _ANALYSED:
+            # A statement that names no seeder or generator needs no walk to find one.
+            seeding = (frozenset(node.id for node in _in_seeding_arguments(statement)
+                                 if isinstance(node, ast.Name))
+                       if any(name in text for name in _SEEDERS | _GENERATORS) else frozenset())
+            _ANALYSED[key] = (ast.dump(statement), seeding)
+        analysed.append(_ANALYSED[key])
+    return tuple(analysed)
 
 
 def _touches(statement: ast.stmt, names: frozenset[str]) -> bool:

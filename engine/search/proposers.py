@@ -49,6 +49,12 @@ class Proposers:
         self._threads = calls or ThreadPoolExecutor(max_workers=max(len(agents), 1),
                                                     thread_name_prefix="agent")
         self._calls: dict[int, tuple[Future, Member, str]] = {}  # island -> call, parent, model
+        self._choices = [Choice(island, getattr(agent, "strategy", ""),
+                                getattr(agent, "models", {}))
+                         for island, agent in enumerate(agents)]
+        # Whether the bandit has anything to choose between: strategies or models that differ.
+        self._choosing = len({(choice.strategy, model) for choice in self._choices
+                              for model in choice.models or [""]}) > 1
         self._failures: dict[int, int] = {}
         self._resume_at: dict[int, float] = {}
 
@@ -61,23 +67,27 @@ class Proposers:
         per island at a time, none for an island backing off; the free islands in random order,
         or in the bandit's where their strategies or models differ."""
         now = self._clock()
-        free = [Choice(island, self.strategy(island), getattr(self.agents[island], "models", {}))
+        free = (self._choices[island]
                 for island in self._rng.sample(range(len(self.agents)), len(self.agents))
-                if island not in self._calls and now >= self._resume_at.get(island, 0)]
-        arms = {(choice.strategy, model) for choice in free for model in choice.models or [""]}
-        while free and len(core.queue) + len(self._calls) < wanted:
-            if len(arms) > 1:
+                if island not in self._calls and now >= self._resume_at.get(island, 0))
+        if self._choosing:
+            free = list(free)  # all of them, for the bandit to choose from
+        while len(core.queue) + len(self._calls) < wanted:
+            if self._choosing:
+                if not free:
+                    return
                 choice, model = core.bandit.pick(free, self._rng)
+                free.remove(choice)
             else:
-                choice, model = free[0], next(iter(free[0].models), "")
-            free.remove(choice)
+                choice = next(free, None)
+                if choice is None:
+                    return
+                model = next(iter(choice.models), "")
             parent = core.parent(choice.island)
             context = dataclasses.replace(core.context(choice.island, parent), model=model)
             future = self._threads.submit(self.agents[choice.island].propose, context)
             self._calls[choice.island] = (future, parent, model)
 
-    def strategy(self, island: int) -> str:
-        return getattr(self.agents[island], "strategy", "")
 
     def finished(self) -> list[Proposed]:
         """The calls that ended since the last look; an agent that raised backs off."""
@@ -97,7 +107,7 @@ class Proposers:
             else:
                 self._failures[island] = 0
             done.append(Proposed(island, parent, self.agents[island].name, proposal,
-                                 self.strategy(island), model))
+                                 self._choices[island].strategy, model))
         return done
 
     def close(self, grace_s: float = STOP_GRACE_S) -> list[Proposed]:

@@ -12,7 +12,10 @@ Printed per cluster size:
 - steady: the same after the first experiment length (Ray starting its worker processes, once per
   slot, is left out);
 - driver ms/exp: the driver's own work per experiment (proposals, checks, commits, results, the
-  population), waits excluded.
+  population), waits excluded: wall time, which on a machine with fewer cores than busy processes
+  counts the time others held the CPU;
+- CPU ms/exp: CPU time of the whole driver process per experiment (the loop, the proposers' and
+  the notes' threads, Tune's controller when tuning runs), as scale.py measures it.
 
 Target: utilisation of at least 0.97 at 64 logical GPUs and under 50 ms of driver time per
 experiment.
@@ -107,8 +110,9 @@ def measure(gpus: int, length: float, rounds: int, islands: int, tune_every: int
                                     tune_trials=12 if tune_every else 0, tune_every=tune_every)
             search = Search(load_task(template_path()), Path(folder) / "run", options,
                             [InstantAgent() for _ in range(islands)], run=null_experiment)
-            started = time.time()
+            started, cpu_before = time.time(), time.process_time()
             state = search.run()
+            cpu_s = time.process_time() - cpu_before
             stopped = started + rounds * length
             rows = search.store.rows()
             trained = [r for r in rows if r["status"] in ("ok", "stopped")]
@@ -119,6 +123,7 @@ def measure(gpus: int, length: float, rounds: int, islands: int, tune_every: int
                 "utilisation": busy_fraction(trained, gpus, started, stopped),
                 "steady": busy_fraction(trained, gpus, started + length, stopped),
                 "driver_ms": 1000 * state.driver_s / max(len(rows), 1),
+                "cpu_ms": 1000 * cpu_s / max(len(rows), 1),
                 "start_up_s": start_up,
                 "ideal": ideal,
             }
@@ -141,7 +146,7 @@ def main() -> None:
           f"{args.islands} islands")
     print(f"{'GPUs':>6} {'tuning':>7} {'experiments':>12} {'trials':>7} {'utilisation':>12} "
           f"{'bare Ray':>9} {'ratio':>6} {'steady':>7} {'driver ms/exp':>14} "
-          f"{'worker start-up s':>18}")
+          f"{'CPU ms/exp':>11} {'worker start-up s':>18}")
     for gpus in (int(size) for size in args.sizes.split(",")):
         for tuning in args.tuning.split(","):
             row = measure(gpus, args.length, args.rounds, args.islands,
@@ -149,7 +154,7 @@ def main() -> None:
             print(f"{row['gpus']:>6} {tuning:>7} {row['experiments']:>12} {row['trials']:>7} "
                   f"{row['utilisation']:>12.3f} "
                   f"{row['ideal']:>9.3f} {row['utilisation'] / row['ideal']:>6.3f} "
-                  f"{row['steady']:>7.3f} {row['driver_ms']:>14.1f} "
+                  f"{row['steady']:>7.3f} {row['driver_ms']:>14.1f} {row['cpu_ms']:>11.1f} "
                   f"{row['start_up_s']:>18.1f}", flush=True)
 
 

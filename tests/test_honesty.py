@@ -10,7 +10,7 @@ from benchmarks.null_experiment import null_experiment
 from engine.driver import Search, SearchOptions
 from engine.experiment.task import load_task, template_path
 from engine.protocol import Proposal
-from engine.search.evolution import RANDOMNESS_ONLY
+from engine.search.briefing import RANDOMNESS_ONLY
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 

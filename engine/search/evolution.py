@@ -18,28 +18,22 @@ through the same `tell`, and a simulator can run it on a clock of its own.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import logging
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from engine.experiment.checks import Refused, apply_proposal, changes_only_randomness, code_hash
 from engine.experiment.records import Experiment, Kind, Result, Status
 from engine.experiment.spec import Spec
-from engine.protocol import Attempt, Measured, Proposal, ProposalContext
+from engine.protocol import Measured, Proposal, ProposalContext
+from engine.search import briefing
 from engine.search.bandit import Bandit
 from engine.search.options import SearchOptions
 from engine.search.population import CPU, Decision, Member, Population
 
 log = logging.getLogger("autoresearch")
-
-RANDOMNESS_ONLY = ("its only effect is on randomness (a seed, a random draw): it can only win by "
-                   "luck, and is confirmed on fresh seeds like any change")
-LEADERBOARD_SHOWN = 8  # kept changes of all islands an agent sees
-PROMOTIONS_SHOWN = 5
-DIFFS_RESTORED = 8  # of each island's newest attempts, on resume (agents show 5 in full)
 
 # Merges a promoted member into the baseline and returns the commit the baseline is now at.
 Merge = Callable[[Member, str], str]
@@ -108,19 +102,8 @@ class Evolution:
         return self.population.choose_parent(island)
 
     def context(self, island: int, parent: Member) -> ProposalContext:
-        """Everything an agent is shown for one proposal on `parent`."""
-        population, spec = self.population, self.spec
-        baseline = population.baseline
-        return ProposalContext(
-            island=island, goal=spec.text, files=dict(parent.files),
-            editable=spec.editable_files, objective=spec.objective.metric,
-            direction=spec.objective.direction,
-            parent_objective=parent.objective if parent.runs else None,
-            baseline_objective=baseline.objective if baseline.runs else None,
-            history=tuple(population.islands[island].history), protected=spec.protected_files,
-            leaderboard=tuple(self._leaderboard()),
-            promotions=tuple(self._attempt_of(member)
-                             for member in population.promotions[-PROMOTIONS_SHOWN:]))
+        """Everything an agent is shown for one proposal on `parent` (engine/search/briefing)."""
+        return briefing.context(self.spec, self.population, island, parent, self.descriptions)
 
     def admit(self, island: int, parent: Member, proposal: Proposal | Exception, agent: str,
               strategy: str = "", model: str = "") -> tuple[Experiment, str | None]:
@@ -212,7 +195,7 @@ class Evolution:
         population = self.population
         if score is not None:
             self._scores.setdefault(experiment.commit, []).append((score, accelerator))
-            if (measured := _measured(result)) is not None:
+            if (measured := briefing.measured(result)) is not None:
                 self._measured.setdefault(experiment.commit, measured)
         if experiment.kind is Kind.BASELINE:
             if score is not None and self.fingerprint is None:
@@ -249,18 +232,8 @@ class Evolution:
         child = Member(experiment.commit, experiment.files, [score] if score is not None else [],
                        experiment.exp_id,
                        accelerators=[result.accelerator or CPU] if score is not None else [])
-        message = result.message or (RANDOMNESS_ONLY if experiment.seed_only else "")
-        attempt = Attempt(experiment.description, result.status, score,
-                          parent.objective if parent.runs else None, message,
-                          # A parent the population no longer holds, or a replayed result,
-                          # comes without its files: no diff then (a resume restores the diffs
-                          # agents are shown, `restore_diffs`), rather than files shown as gone.
-                          diff=self.diff(parent.files, experiment.files)
-                          if parent.files and experiment.files else "",
-                          exp_id=experiment.exp_id,
-                          log_tail=result.log_tail if result.status is Status.CRASH else "",
-                          measured=_measured(result),
-                          parent_measured=self._measured.get(experiment.parent))
+        attempt = briefing.attempt(self.spec, experiment, result, parent,
+                                   self._measured.get(experiment.parent))
         decisions = self.population.observe_child(experiment.island, parent, child, attempt,
                                                   confirm_because=confirm_because)
         if experiment.kind is Kind.MUTATION and experiment.agent != "merge":
@@ -365,10 +338,8 @@ class Evolution:
 
     def _remember_rejected(self, experiment: Experiment, message: str) -> None:
         self.bandit.told(experiment.strategy, experiment.model, False, experiment.cost_usd)
-        parent = self._parent(experiment)
-        self.population.islands[experiment.island].history.append(Attempt(
-            experiment.description, Status.REJECTED, None,
-            parent.objective if parent.runs else None, message, exp_id=experiment.exp_id))
+        self.population.islands[experiment.island].history.append(
+            briefing.refused(experiment, self._parent(experiment), message))
 
     # -- tuning --------------------------------------------------------------------------------
 
@@ -421,24 +392,11 @@ class Evolution:
                                                 missing[Kind.CONFIRM], missing[Kind.CONTROL])
         return made
 
-    def diff(self, before: dict[str, str], after: dict[str, str]) -> str:
-        """The change between two versions of the editable files, as a unified diff."""
-        return _diff({name: before.get(name, "") for name in self.spec.editable_files},
-                     {name: after.get(name, "") for name in self.spec.editable_files})
-
     def restore_diffs(self, changes: dict[str, tuple[str, str]],
                       files_at: Callable[[str], dict[str, str]]) -> None:
-        """Give back their diffs to the newest DIFFS_RESTORED attempts of each island, which a
-        replay told without files; `changes` maps an experiment to its parent's commit and its
-        own, `files_at` reads a commit's files."""
-        for island in self.population.islands:
-            history = island.history
-            for k in range(max(len(history) - DIFFS_RESTORED, 0), len(history)):
-                attempt = history[k]
-                parent, commit = changes.get(attempt.exp_id, ("", ""))
-                if not attempt.diff and parent and commit:
-                    history[k] = replace(attempt, diff=self.diff(files_at(parent),
-                                                                  files_at(commit)))
+        """After a replay, which told the results without files: the newest attempts of each
+        island get their diffs back (`changes`: experiment -> its parent's commit, its own)."""
+        briefing.restore_diffs(self.spec, self.population, changes, files_at)
 
     def to_dict(self) -> dict:
         """What a checkpoint keeps of the core (`status` reads it; resume replays the results)."""
@@ -458,17 +416,6 @@ class Evolution:
         return Member(experiment.parent, {}, [value for value, _ in scores],
                       accelerators=[accelerator for _, accelerator in scores])
 
-    def _leaderboard(self) -> list[Attempt]:
-        """The best kept changes of every island, best first."""
-        members = {m.commit: m for island in self.population.islands
-                   for m in (island.head, *island.archive) if m.runs and m.exp_id}
-        ranked = self.spec.objective.ranked(members.values(), lambda m: m.objective)
-        return [self._attempt_of(m) for m in ranked[:LEADERBOARD_SHOWN]]
-
-    def _attempt_of(self, member: Member) -> Attempt:
-        return Attempt(self.descriptions.get(member.exp_id, ""), Status.OK, member.objective,
-                       None, exp_id=member.exp_id)
-
     def _new_id(self) -> str:
         self.next_id += 1
         return f"e{self.next_id:05d}"
@@ -479,29 +426,3 @@ class Evolution:
         digest = hashlib.sha256(f"{self.options.seed}:{self.run_name}:{exp_id}".encode())
         return int.from_bytes(digest.digest()[:4], "big") % 2**31
 
-
-def _measured(result: Result) -> Measured | None:
-    """What a result's training measured; None when it reported no step (it never trained, or
-    failed before its first step)."""
-    metrics = result.metrics
-    if not metrics.get("steps"):
-        return None
-
-    def whole(name: str) -> int | None:
-        return None if metrics.get(name) is None else int(metrics[name])
-
-    return Measured(steps=whole("steps"), steps_per_s=metrics.get("steps_per_s"),
-                    params=whole("params"), peak_memory_gb=metrics.get("peak_memory_gb"),
-                    final_train_loss=metrics.get("final_train_loss"),
-                    loss_spikes=whole("loss_spikes"), loss_curve=result.loss_curve)
-
-
-def _diff(before: dict[str, str], after: dict[str, str]) -> str:
-    """The change between two versions of the files, as a unified diff."""
-    lines = []
-    for name in sorted(set(before) | set(after)):
-        old, new = before.get(name, ""), after.get(name, "")
-        if old != new:
-            lines += difflib.unified_diff(old.splitlines(keepends=True),
-                                          new.splitlines(keepends=True), f"a/{name}", f"b/{name}")
-    return "".join(lines)

@@ -57,8 +57,8 @@ from engine.experiment.records import (
 from engine.experiment.spec import parse_goal_file
 from engine.protocol import Proposal
 from engine.search.evolution import Evolution
+from engine.search.members import Member
 from engine.search.options import SearchOptions
-from engine.search.population import Member
 
 WORKERS = 2
 ISLANDS = 2

@@ -57,8 +57,8 @@ from engine.experiment.records import (
 )
 from engine.experiment.spec import Spec
 from engine.experiment.task import load_task
+from engine.search.members import Member
 from engine.search.options import SearchOptions
-from engine.search.population import Member
 from engine.search.proposers import Proposers
 
 TRAINING_S = 300.0

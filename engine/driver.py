@@ -37,9 +37,9 @@ from engine.rundir.recorder import Recorder
 from engine.rundir.repo import GitError
 from engine.search.evolution import Evolution
 from engine.search.limits import Limits, Stop
+from engine.search.members import Member
 from engine.search.options import SearchOptions
 from engine.search.pool import GpuPool
-from engine.search.population import Member
 from engine.search.proposers import Proposed, Proposers
 from engine.search.ray_pool import RayPool
 from engine.tuning.refiner import Refiner, Trial

@@ -13,8 +13,8 @@ from agents import make_agents
 from agents.llm import BudgetSpent, LLMAgent, ModelSpec, ProposalFailed, Spending, make_router
 from engine.protocol import ProposalContext
 from engine.search.evolution import Evolution
+from engine.search.members import Member
 from engine.search.options import SearchOptions
-from engine.search.population import Member
 from engine.search.proposers import Proposers
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -204,7 +204,7 @@ from engine.experiment.task import load_task, template_path
 from engine.rundir.layout import RunDir
 from engine.search.evolution import Evolution
 from engine.search.options import SearchOptions
-from engine.search.population import Member
+from engine.search.members import Member
 from engine.search.proposers import Proposers
 
 run_dir, verbose, delay, grace = sys.argv[1], sys.argv[2] == "verbose", *map(float, sys.argv[3:])

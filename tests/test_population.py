@@ -4,8 +4,9 @@ import pytest
 
 from engine.experiment.spec import Objective
 from engine.protocol import Attempt
+from engine.search.members import Member
 from engine.search.noise import Noise
-from engine.search.population import Member, Population
+from engine.search.population import Population
 
 MINIMISE = Objective("val_bpb", "minimize", "Minimize val_bpb")
 

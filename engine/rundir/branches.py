@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from engine.experiment.records import Result
 from engine.rundir.repo import RunRepo, branch_name
-from engine.search.population import Member, Population
+from engine.search.members import Member
+from engine.search.population import Population
 
 
 class Branches:

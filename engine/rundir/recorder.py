@@ -14,7 +14,8 @@ from engine.experiment.spec import Spec
 from engine.rundir.branches import Branches
 from engine.rundir.layout import RunDir
 from engine.rundir.repo import RunRepo
-from engine.search.population import Member, Population
+from engine.search.members import Member
+from engine.search.population import Population
 
 log = logging.getLogger("autoresearch")
 

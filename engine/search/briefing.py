@@ -13,7 +13,8 @@ from dataclasses import replace
 from engine.experiment.records import Experiment, Result, Status
 from engine.experiment.spec import Spec
 from engine.protocol import Attempt, Measured, ProposalContext
-from engine.search.population import Member, Population
+from engine.search.members import Member
+from engine.search.population import Population
 
 LEADERBOARD_SHOWN = 8  # kept changes of all islands an agent sees
 PROMOTIONS_SHOWN = 5

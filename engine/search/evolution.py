@@ -30,8 +30,9 @@ from engine.experiment.spec import Spec
 from engine.protocol import Measured, Proposal, ProposalContext
 from engine.search import briefing
 from engine.search.bandit import Bandit
+from engine.search.members import CPU, Decision, Member
 from engine.search.options import SearchOptions
-from engine.search.population import CPU, Decision, Member, Population
+from engine.search.population import Population
 
 log = logging.getLogger("autoresearch")
 

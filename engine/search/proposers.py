@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from engine.protocol import Agent, Proposal
 from engine.search.bandit import Choice
 from engine.search.evolution import Evolution
-from engine.search.population import Member
+from engine.search.members import Member
 
 AGENT_RETRY_S = (1, 2, 5, 10, 30, 60)  # back-off after consecutive proposer failures
 # How long the calls in flight when the search ends may still come back (and be recorded with

@@ -13,8 +13,8 @@ from engine.experiment.records import Experiment, ExperimentResult, Outcome
 from engine.experiment.spec import Spec
 from engine.rundir.layout import RunDir
 from engine.search.evolution import Evolution
+from engine.search.members import Member
 from engine.search.options import SearchOptions
-from engine.search.population import Member
 from engine.tuning.knobs import describe_tuning
 from engine.tuning.refinement import Refinement, TrialOutcome
 

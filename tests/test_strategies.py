@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -48,6 +49,16 @@ def test_the_islands_take_the_strategies_in_turn_and_a_bad_name_or_file_is_one_s
     own.write_text("[careful]\ntemprature = 0.2\n")
     with pytest.raises(ValueError, match="unknown settings temprature"):
         load_strategies(str(own))
+
+
+def test_the_example_of_docs_strategies_md_is_a_strategies_file(tmp_path):
+    text = (Path(__file__).parents[1] / "docs" / "strategies.md").read_text()
+    example = tmp_path / "my-strategies.toml"
+    example.write_text(re.search(r"```toml\n(.*?)```", text, re.S)[1])
+    careful, architect = load_strategies(str(example))
+    assert (careful.name, careful.temperature, architect.models) == (
+        "careful", 0.2, ("anthropic/claude-sonnet-4-5=3", "openai/gpt-4o"))
+    assert careful.prompt.startswith("# Your approach on this island")
 
 
 def test_an_llm_islands_prompt_and_temperature_are_its_strategys():

@@ -33,7 +33,7 @@ from typing import Any, Protocol
 
 from agents.context import Templates, proposal_messages, repair_messages
 from agents.edits import EditError, apply_edits
-from agents.strategies import Strategy
+from agents.strategies import Strategy, default_strategy
 from engine.protocol import Proposal, ProposalContext
 
 log = logging.getLogger(__name__)
@@ -220,7 +220,7 @@ class LLMAgent:
         self.router = router
         self.spending = spending or Spending()
         self.reply_format = reply_format or SearchReplace()
-        self.plan = strategy or Strategy("balanced")
+        self.plan = strategy or default_strategy()
         self.strategy = self.plan.name
         self.models = dict(models or {})
         templates = Templates.load(self.reply_format.template)

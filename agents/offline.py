@@ -21,7 +21,7 @@ import re
 from collections.abc import Sequence
 from functools import lru_cache
 
-from agents.strategies import DEFAULT, Strategy, load_strategies
+from agents.strategies import Strategy, default_strategy
 from engine.protocol import Attempt, Proposal, ProposalContext
 from engine.tuning.knobs import Knob, find_knobs, literal, write_literals
 
@@ -128,7 +128,7 @@ class OfflineAgent:
 
     def __init__(self, seed: int = 0, strategy: Strategy | None = None) -> None:
         self._random = random.Random(seed)
-        self.plan = strategy or load_strategies(DEFAULT)[0]
+        self.plan = strategy or default_strategy()
         self.strategy = self.plan.name
         self.models: dict[str, float] = {}  # no model to choose
         self._proposed: set[tuple[str, str]] = set()  # (parent digest, result digest)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import tomllib
@@ -38,8 +39,8 @@ def load_strategies(spec: str) -> list[Strategy]:
     in one sentence, for a name or a file it cannot use."""
     spec = spec.strip()
     if not spec:
-        return [_bundled()[DEFAULT]]
-    if spec.endswith(".toml") or Path(spec).is_file():
+        return [default_strategy()]
+    if _names_file(spec):
         path = Path(spec)
         if not path.is_file():
             raise ValueError(f"--strategies {spec}: no such file")
@@ -53,12 +54,28 @@ def load_strategies(spec: str) -> list[Strategy]:
     return [bundled[name] for name in names]
 
 
+def default_strategy() -> Strategy:
+    """`balanced`: the agents as they work without --strategies."""
+    return _bundled()[DEFAULT]
+
+
+def recorded(spec: str) -> str:
+    """`spec` as run.json keeps it for a resume, which may start in another folder: a file by
+    its absolute path."""
+    return str(Path(spec).resolve()) if _names_file(spec.strip()) else spec
+
+
+def _names_file(spec: str) -> bool:
+    return spec.endswith(".toml") or Path(spec).is_file()
+
+
 def island_strategies(spec: str, islands: int) -> list[Strategy]:
     """The strategy of each island: the strategies of `spec` in turn."""
     strategies = load_strategies(spec)
     return [strategies[island % len(strategies)] for island in range(islands)]
 
 
+@lru_cache(maxsize=1)
 def _bundled() -> dict[str, Strategy]:
     return _read(BUNDLED / "strategies.toml")
 

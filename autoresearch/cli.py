@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import click
 
 from agents import AGENT_NAMES, make_agents
+from agents.strategies import recorded as recorded_strategies
 from engine.cluster import ClusterUnavailable
 from engine.experiment.runner import run_experiment, slot_threads, thread_env
 from engine.experiment.spec import GoalFileError
@@ -195,8 +196,7 @@ def search(task_dir: str, agents: int, budget: float | None, max_experiments: in
     task = load_task(task_dir)
     if models:
         agent_name = "llm"
-    if strategies.endswith(".toml"):  # a resume may start elsewhere
-        strategies = str(Path(strategies).resolve())
+    strategies = recorded_strategies(strategies)
     folder = Path(run_dir or Path("runs") / f"{task.path.resolve().name}-"
                                             f"{time.strftime('%Y%m%d-%H%M%S')}")
     if folder.exists() and any(folder.iterdir()):

@@ -80,14 +80,13 @@ class Proposal:
 
 
 class Agent(Protocol):
-    """A proposer. Implementations: agents.offline.OfflineAgent (no model needed)."""
+    """A proposer. Implementations: agents.offline.OfflineAgent (no model needed).
+
+    An agent may also have a `strategy` (the name of the strategy it works by,
+    agents/strategies.py) and `models` (the models it may ask, each with its prior weight): the
+    search's bandit then picks one for each call. Without them: no strategy, no model to pick."""
 
     name: str
-    # Optional: the strategy the agent works by (agents/strategies.py; default "balanced"), and
-    # the models it may ask, each with its prior weight (default none): the search's bandit picks
-    # one for each call.
-    # strategy: str
-    # models: Mapping[str, float]
 
     def propose(self, context: ProposalContext) -> Proposal:
         """Propose one change to `context.files`. May raise; the engine records the error."""

@@ -79,7 +79,7 @@ class Bandit:
         return rate / max(self.gpu_usd + call_usd, 1e-9)
 
     def to_dict(self) -> list[dict]:
-        """The arms' counts, for run.json."""
+        """The arms' counts, for the checkpoint."""
         return [{"strategy": strategy, "model": model, "proposals": arm.proposals,
                  "kept": arm.kept, "cost_usd": round(arm.cost_usd, 6)}
                 for (strategy, model), arm in sorted(self.arms.items())]

@@ -1,10 +1,10 @@
 """The agents at work: one proposal in flight per island, each in a thread of its own, asked for
 ahead of need so that no GPU waits for a proposer; an agent that fails backs off. When fewer
 proposals are wanted than islands are free, the core's bandit (engine/search/bandit.py) says
-which island goes first and which of its agent's models it asks. When the search
-ends, a call still in flight gets a few seconds to come back, and is then left behind: its thread
-runs on to its end, unread (the process waits for it at exit; daemon threads would not hold the
-process, but one stopped inside litellm's lazy imports deadlocked the interpreter's exit)."""
+which island goes first and which of its agent's models it asks. When the search ends, a call
+still in flight gets a few seconds to come back, and is then left behind: its thread runs on to
+its end, unread (the process waits for it at exit; daemon threads would not hold the process,
+but one stopped inside litellm's lazy imports deadlocked the interpreter's exit)."""
 
 from __future__ import annotations
 
@@ -67,27 +67,17 @@ class Proposers:
         per island at a time, none for an island backing off; the free islands in random order,
         or in the bandit's where their strategies or models differ."""
         now = self._clock()
-        free = (self._choices[island]
+        free = [self._choices[island]
                 for island in self._rng.sample(range(len(self.agents)), len(self.agents))
-                if island not in self._calls and now >= self._resume_at.get(island, 0))
-        if self._choosing:
-            free = list(free)  # all of them, for the bandit to choose from
-        while len(core.queue) + len(self._calls) < wanted:
-            if self._choosing:
-                if not free:
-                    return
-                choice, model = core.bandit.pick(free, self._rng)
-                free.remove(choice)
-            else:
-                choice = next(free, None)
-                if choice is None:
-                    return
-                model = next(iter(choice.models), "")
+                if island not in self._calls and now >= self._resume_at.get(island, 0)]
+        while free and len(core.queue) + len(self._calls) < wanted:
+            choice, model = (core.bandit.pick(free, self._rng) if self._choosing
+                             else (free[0], next(iter(free[0].models), "")))
+            free.remove(choice)
             parent = core.parent(choice.island)
             context = dataclasses.replace(core.context(choice.island, parent), model=model)
             future = self._threads.submit(self.agents[choice.island].propose, context)
             self._calls[choice.island] = (future, parent, model)
-
 
     def finished(self) -> list[Proposed]:
         """The calls that ended since the last look; an agent that raised backs off."""

@@ -194,8 +194,9 @@ def strategies(run: RunData) -> list[dict]:
     for row in run.rows:
         if row["kind"] != "mutation" or row["agent"] == "merge" or row["status"] == "interrupted":
             continue
-        arm = arms.setdefault((row.get("strategy") or "-", row.get("model") or "-"), {
-            "strategy": row.get("strategy") or "-", "model": row.get("model") or "-",
+        strategy, model = row.get("strategy") or "-", row.get("model") or "-"
+        arm = arms.setdefault((strategy, model), {
+            "strategy": strategy, "model": model,
             "proposals": 0, "kept": 0, "promoted": 0, "gpu_hours": 0.0, "cost_usd": 0.0})
         arm["proposals"] += 1
         arm["kept"] += row["exp_id"] in kept

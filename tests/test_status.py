@@ -99,6 +99,15 @@ def test_a_change_built_on_a_promotion_traces_its_lineage_through_the_winner(tmp
     assert "+a = 3" in run.change("e00004") and "-a = 2" in run.change("e00004")
 
 
+def test_without_its_repository_a_lineage_stops_at_a_promotion_it_cannot_trace(tmp_path):
+    # A run dir copied without repo.git: which winner a promotion commit holds is only in git.
+    rows = [row(1, kind="baseline", island=None, commit="c1", parent=""),
+            row(3, parent="c1"),
+            row(4, island=1, parent="p3")]
+    run = hand_written(rows, promoted=("e00003",), path=tmp_path)
+    assert [step["exp_id"] for step in run.lineage("e00004")] == ["", "e00004"]
+
+
 @pytest.fixture(scope="module")
 def searched(ray_local, tmp_path_factory):
     return null_search(tmp_path_factory.mktemp("status") / "run")

@@ -147,12 +147,14 @@ class RunData:
 
     def _owner(self, commit: str) -> dict | None:
         """The mutation row that made `commit`; for a promotion's commit on the baseline branch
-        (an island reseeded from the baseline builds on it), the promoted winner's row; None for
-        the starting code or a commit the results do not know yet."""
+        (an island reseeded from the baseline builds on it), the promoted winner's row, when the
+        run's repository is there to tell; None for the starting code or a commit the results do
+        not know yet."""
         if commit not in self._owners:
             mutation = next((r for r in self.rows if r["commit"] == commit
                              and r["kind"] == "mutation"), None)
-            if mutation is None and commit and commit != self.start_commit:
+            if (mutation is None and commit and commit != self.start_commit
+                    and RunDir(self.path).repo_path.exists()):
                 # A promotion commit has its winner's tree: the winner is the one it does not
                 # differ from (no two experiments share code, the driver refuses repeats).
                 mutation = next((self.by_id[exp_id] for exp_id in self.promoted

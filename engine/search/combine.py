@@ -11,7 +11,14 @@ from __future__ import annotations
 
 import merge3
 
+from engine.search.members import Member
+
 Files = dict[str, str]
+# Winners a combination may bundle: candidates that beat the baseline they were confirmed
+# against, which another winner replaced meanwhile. On a wide search many such winners come in
+# at once; combined one at a time, each waits a screening run and a confirmation for the one
+# before it (benchmarks/simulate.py: at 256 GPUs every promotion added one change).
+WINNERS_BUNDLED = 16
 
 
 def combine(base: Files, ours: Files, theirs: Files) -> Files | None:
@@ -35,3 +42,37 @@ def combine(base: Files, ours: Files, theirs: Files) -> Files | None:
                 lines += group[1]
             merged[name] = "".join(lines)
     return {name: text for name, text in merged.items() if text is not None}
+
+
+class Winners:
+    """The latest winners waiting to be combined, each with the baseline its code descends
+    from, so that a combination takes every one of them its changes do not overlap."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[str, tuple[Member, Member]] = {}  # commit -> (base, winner)
+
+    def add(self, base: Member, winner: Member) -> None:
+        self._waiting[winner.commit] = (base, winner)
+        while len(self._waiting) > WINNERS_BUNDLED:
+            del self._waiting[next(iter(self._waiting))]
+
+    def bundle(self, files: Files, baseline: Files, *,
+               leave_out: Member) -> tuple[Files, list[str]]:
+        """`files` (a combination on `baseline`) with the changes of every other winner waiting
+        that do not overlap them, and those winners' exp ids. A winner `baseline` already holds
+        is let go."""
+        bundled = []
+        for commit, (base, winner) in list(self._waiting.items()):
+            if combine(base.files, baseline, winner.files) == baseline:
+                del self._waiting[commit]
+                continue
+            merged = (combine(base.files, files, winner.files) if commit != leave_out.commit
+                      else None)
+            if merged is not None and merged != files:
+                files = merged
+                bundled.append(winner.exp_id)
+        return files, bundled
+
+    def members(self) -> list[Member]:
+        """The winners and their bases (a resume gives them back their code)."""
+        return [member for pair in self._waiting.values() for member in pair]

@@ -40,37 +40,17 @@ The rules, in the order a result meets them:
 from __future__ import annotations
 
 import heapq
-import math
 import random
-import statistics
 from dataclasses import dataclass, field
 
 from engine.experiment.spec import Objective
 from engine.protocol import Attempt
-from engine.search.combine import combine
+from engine.search.combine import Winners, combine
+from engine.search.compare import ALPHA, Comparison
 from engine.search.members import CPU, Decision, Island, Member
-from engine.search.noise import MIN_SIGMA, Noise, t_quantile
+from engine.search.noise import Noise
 
 ARCHIVE_SIZE = 8  # kept members an island remembers as possible parents
-# The latest runs of a member that make its level: older ones saw other conditions. With 3, the
-# control runs of one confirmation replace the baseline's level whole; with 6 it lagged a drifting
-# machine, and confirmations took 0.46 of the runs of a drifting search of 30 no-op candidates
-# rather than 0.37 (benchmarks/selection.py, 500 searches).
-LEVEL_RUNS = 3
-# The one-sided level of the promotion test. The benchmark (benchmarks/selection.py) measured the
-# share of no-op candidates promoted at this level, under drift and two accelerator types too.
-ALPHA = 0.01
-# How far one run must beat the baseline, in sigmas, to be worth a confirmation. It only spends
-# GPUs (the test above decides which candidate wins): in benchmarks/selection.py (500 searches of
-# 30 candidates, iid), 2.0 spent 0.16 of the runs of no-op searches on confirmations, with a power
-# of 0.42 at a 2 sigma gain and 0.96 at 4 sigma; 1.75 spent 0.20, for 0.48 and 0.98.
-SCREEN_Z = 2.0
-# Winners a combination may bundle: candidates that beat the baseline they were confirmed
-# against, which another winner replaced meanwhile. On a wide search many such winners come in
-# at once; combined one at a time, each waits a screening run and a confirmation for the one
-# before it (benchmarks/simulate.py: at 256 GPUs every promotion added one change).
-WINNERS_BUNDLED = 16
-
 
 @dataclass
 class _Confirmation:
@@ -98,8 +78,9 @@ class Population:
         self.noise = Noise()
         self._noise_groups: dict[str, list[float]] = {}  # the noise runs by type, pooled on end
         self.islands = [Island(k, self.baseline) for k in range(islands)]
-        self.alpha, self.confirm_seeds, self.reseed_after, self.explore = (
-            alpha, confirm_seeds, reseed_after, explore)
+        self.compare = Comparison(objective, self.noise, alpha)
+        self.confirm_seeds, self.reseed_after, self.explore = (
+            confirm_seeds, reseed_after, explore)
         self.kept: set[str] = set()  # exp ids that advanced or joined an island
         self.promotions: list[Member] = []
         self._confirming: dict[str, _Confirmation] = {}  # commit -> its confirmation
@@ -107,7 +88,7 @@ class Population:
         # come back after its island was reseeded, and its changes still count on that baseline.
         self._descends: dict[str, Member] = {self.baseline.commit: self.baseline}
         # commit -> (the baseline its code descends from, a winner a combination may bundle)
-        self._winners: dict[str, tuple[Member, Member]] = {}
+        self._winners = Winners()  # winners a combination may bundle
         # The islands' best members, for every agent's briefing: kept until a result changes an
         # island or a score (most results are discarded and change neither).
         self._best_kept: tuple[int, list[Member]] | None = None  # how many asked, the best
@@ -168,12 +149,12 @@ class Population:
         if not child.runs or not parent.runs:
             return self._maybe_reseed(home, [Decision("discard", island, child)])
         value, accelerator = child.runs[-1], child.accelerators[-1]
-        if self._better(value, self._level(parent, accelerator)[0]):
+        if self._better(value, self._level(parent, accelerator)):
             self.kept.add(child.exp_id)
             home.archive = self._bounded_archive(home.archive + [child])
             self._best_kept = None
             decisions = [Decision("keep", island, child)]
-            if self._better(value, self._level(home.head, accelerator)[0]):
+            if self._better(value, self._level(home.head, accelerator)):
                 home.head, home.stale = child, 0
                 decisions.append(Decision("advance", island, child))
         else:
@@ -244,14 +225,6 @@ class Population:
             f"{self.confirm_seeds} fresh seeds beside {self.confirm_seeds} control runs")
         return [self._confirm(island, child, accelerator, reason)]
 
-    def _screened(self, values: list[float], accelerator: str,
-                  against: Member) -> tuple[float, float]:
-        """How far the mean of `values` (runs on `accelerator`) is ahead of `against`'s level
-        there, and how far it must be to be worth confirming."""
-        reference, n = self._level(against, accelerator)
-        margin = SCREEN_Z * self._sigma(accelerator) * math.sqrt(1 / len(values) + 1 / n)
-        return self._advantage(statistics.fmean(values), reference), margin
-
     def _confirm(self, island: int, member: Member, accelerator: str,
                  reason: str) -> Decision:
         self._confirming[member.commit] = _Confirmation(
@@ -290,7 +263,7 @@ class Population:
                 {v for v, _ in pending.controls}) > 1:
             return [Decision("reject_promotion", island, member,
                              reason="gives the same score on every seed: it ignores its seed")]
-        verdict, summary = self._test(pending)
+        verdict, summary = self.compare.test(pending.runs, pending.controls)
         if verdict:
             self.baseline = member
             self.promotions.append(member)
@@ -300,11 +273,9 @@ class Population:
     def _combined(self, pending: _Confirmation) -> Decision | None:
         """For a candidate that beat the baseline it was confirmed against, which another winner
         replaced meanwhile: its changes on top of the new baseline, when they do not overlap."""
-        won, summary = self._test(pending)
+        won, summary = self.compare.test(pending.runs, pending.controls)
         if won:
-            self._winners[pending.member.commit] = (pending.base, pending.member)
-            while len(self._winners) > WINNERS_BUNDLED:
-                del self._winners[next(iter(self._winners))]
+            self._winners.add(pending.base, pending.member)
         return self._combination(pending.island, pending.member, pending.base, (
             f"it beat the baseline it was confirmed against ({summary}), which "
             f"{self.baseline.exp_id} replaced meanwhile")) if won else None
@@ -317,26 +288,11 @@ class Population:
         files = combine(base.files, self.baseline.files, member.files)
         if files is None or files in (self.baseline.files, member.files):
             return None
-        files, bundled = self._bundle(files, member)
+        files, bundled = self._winners.bundle(files, self.baseline.files, leave_out=member)
         also = f", with those of {', '.join(bundled)}" if bundled else ""
         return Decision("combine", island, member, against=self.baseline, files=files,
                         reason=f"{why}: its changes on the baseline{also} are tested like any "
                                "candidate")
-
-    def _bundle(self, files: dict[str, str], member: Member) -> tuple[dict[str, str], list[str]]:
-        """`files` with the changes of every other winner waiting to be combined that do not
-        overlap them, and those winners' exp ids. A winner the baseline already holds is let
-        go."""
-        bundled = []
-        for commit, (base, winner) in list(self._winners.items()):
-            if combine(base.files, self.baseline.files, winner.files) == self.baseline.files:
-                del self._winners[commit]
-                continue
-            merged = combine(base.files, files, winner.files) if commit != member.commit else None
-            if merged is not None and merged != files:
-                files = merged
-                bundled.append(winner.exp_id)
-        return files, bundled
 
     def migrate(self) -> list[Decision]:
         """After a promotion: every island whose head is not ahead of the new baseline starts
@@ -353,33 +309,6 @@ class Population:
                                           reason="the baseline moved past it"))
         self._best_kept = None
         return decisions
-
-    def _test(self, pending: _Confirmation) -> tuple[bool, str]:
-        """Whether the candidate's runs beat the control runs beyond the noise: a one-sided
-        t-test on the pooled sigma, type by type, the types combined by inverse variance."""
-        weights = advantage = 0.0
-        df = None
-        for accelerator in sorted({a for _, a in pending.runs} & {a for _, a in pending.controls}):
-            mine = [v for v, a in pending.runs if a == accelerator]
-            theirs = [v for v, a in pending.controls if a == accelerator]
-            estimate = self.noise.estimate(accelerator)
-            if estimate is None:
-                continue
-            sigma, type_df = estimate
-            weight = 1 / (sigma ** 2 * (1 / len(mine) + 1 / len(theirs)))
-            advantage += weight * self._advantage(statistics.fmean(mine),
-                                                  statistics.fmean(theirs))
-            weights += weight
-            df = type_df if df is None else min(df, type_df)
-        runs, controls = len(pending.runs), len(pending.controls)
-        if df is None:
-            return False, (f"{runs} runs and {controls} control runs share no accelerator type "
-                           "with a measured noise: nothing to compare")
-        advantage /= weights
-        statistic, critical = advantage * math.sqrt(weights), t_quantile(self.alpha, df)
-        return statistic > critical, (
-            f"{runs} runs against {controls} control runs: ahead by {advantage:.4g}, t = "
-            f"{statistic:.2f} against {critical:.2f} (one-sided {self.alpha:g}, {df} df)")
 
     def rebase_baseline(self, commit: str) -> None:
         """The driver committed the promotion onto the baseline branch as `commit`."""
@@ -440,8 +369,7 @@ class Population:
         members = [self.baseline]
         for pending in self._confirming.values():
             members += [pending.member, pending.against]
-        for base, winner in self._winners.values():
-            members += [base, winner]
+        members += self._winners.members()
         for island in self.islands:
             members += [island.head, *island.archive]
         return members
@@ -451,29 +379,13 @@ class Population:
     def _better(self, candidate: float, reference: float) -> bool:
         return self.objective.is_better(candidate, reference)
 
-    def _advantage(self, candidate: float, reference: float) -> float:
-        return self.objective.advantage(candidate, reference)
+    def _level(self, member: Member, accelerator: str) -> float:
+        return self.compare.level(member, accelerator, self.baseline)[0]
 
-    def _level(self, member: Member, accelerator: str) -> tuple[float, int]:
-        """The member's level on `accelerator`, and how many runs it holds (see the rules)."""
-        there = member.runs_on(accelerator)[-LEVEL_RUNS:]
-        if there:
-            return statistics.fmean(there), len(there)
-        latest = list(zip(member.runs, member.accelerators, strict=True))[-LEVEL_RUNS:]
-        moved = [v + self._gap(a, accelerator) for v, a in latest]
-        return statistics.fmean(moved), len(moved)
-
-    def _gap(self, source: str, target: str) -> float:
-        """How much higher the baseline scores on `target` than on `source` (0 where it has not
-        run on both)."""
-        here, there = self.baseline.runs_on(source), self.baseline.runs_on(target)
-        if not here or not there:
-            return 0.0
-        return statistics.fmean(there[-LEVEL_RUNS:]) - statistics.fmean(here[-LEVEL_RUNS:])
-
-    def _sigma(self, accelerator: str) -> float:
-        estimate = self.noise.estimate(accelerator)
-        return estimate[0] if estimate else MIN_SIGMA
+    def _screened(self, values: list[float], accelerator: str,
+                  against: Member) -> tuple[float, float]:
+        """How far `values` are ahead of `against`, and how far they must be to be confirmed."""
+        return self.compare.screened(values, accelerator, against, self.baseline)
 
     def _bounded_archive(self, members: list[Member]) -> list[Member]:
         return self.objective.ranked(members, lambda m: m.objective)[:ARCHIVE_SIZE]

@@ -2,7 +2,7 @@
 
 import pytest
 
-from engine.experiment.spec import Objective
+from engine.experiment.objective import Objective
 from engine.protocol import Attempt
 from engine.search.members import Member
 from engine.search.noise import Noise

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import statistics
 
-from engine.experiment.spec import Objective
+from engine.experiment.objective import Objective
 from engine.search.members import Member
 from engine.search.noise import MIN_SIGMA, Noise, t_quantile
 

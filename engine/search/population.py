@@ -43,7 +43,7 @@ import heapq
 import random
 from dataclasses import dataclass, field
 
-from engine.experiment.spec import Objective
+from engine.experiment.objective import Objective
 from engine.protocol import Attempt
 from engine.search.combine import Winners, combine
 from engine.search.compare import ALPHA, Comparison

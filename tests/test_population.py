@@ -342,3 +342,19 @@ def test_busy_parents_are_chosen_less_often():
     busy.children = 20
     parents = [made.choose_parent(0).commit for _ in range(400)]
     assert parents.count(idle.commit) > 3 * parents.count(busy.commit)
+
+
+def test_the_best_kept_members_follow_every_keep_confirmation_and_restart():
+    made = population(islands=2)
+    best = lambda: [m.exp_id for m in made.best_kept(5)]  # noqa: E731
+    observe(made, 0, child("a", 2.99))
+    observe(made, 1, child("b", 2.995))
+    assert best() == ["a", "b"]
+    observe(made, 0, child("worse", 3.5))  # discarded: nothing changes
+    assert best() == ["a", "b"]
+    observe(made, 1, child("c", 2.90))  # kept, and far enough ahead to be confirmed
+    assert best() == ["c", "a", "b"]
+    # Its confirmation runs replace the lucky one: it falls behind the others.
+    confirm(made, "c", [3.10, 3.11, 3.09], [3.00, 3.01, 2.99])
+    assert best() == ["a", "b", "c"]
+    assert made.best_kept(1) == made.best_kept(5)[:1]

@@ -41,7 +41,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from agents.offline import OfflineAgent
@@ -388,12 +388,20 @@ def simulate(landscape: Landscape, gpus: int, seed: int, *, hours: float, slow: 
                     len(promotions), false, confirming / gpu_s, time.perf_counter() - wall)
 
 
+def _median(values: list[float | None]) -> float | None:
+    """The median, a search that never reached the target counted as the slowest (None when
+    that is the median)."""
+    median = statistics.median(math.inf if v is None else v for v in values)
+    return None if median == math.inf else median
+
+
 def _median_range(values: list[float | None]) -> str:
     known = sorted(v for v in values if v is not None)
-    if not known:
+    median = _median(values)
+    if median is None:
         return "never"
     missing = len(values) - len(known)
-    text = f"{statistics.median(known):.2f} ({known[0]:.2f}-{known[-1]:.2f})"
+    text = f"{median:.2f} ({known[0]:.2f}-{known[-1]:.2f})"
     return text + (f" {missing} never" if missing else "")
 
 
@@ -411,6 +419,8 @@ def main() -> None:
                         help="share of the GPUs of the slower model")
     parser.add_argument("--plot", type=Path, help="write speedup/N and false promotions "
                                                   "against N to this image")
+    parser.add_argument("--raw", type=Path, help="append each search's outcomes to this file, "
+                                                 "one JSON object a line")
     args = parser.parse_args()
     print(f"{'task':>9} {'GPUs':>5} {'exps':>7} {'h to 50%':>20} {'h to 90%':>20} "
           f"{'speedup/N':>10} {'false/1k':>9} {'false share':>12} {'confirm':>8} {'wall s':>7}")
@@ -425,9 +435,13 @@ def main() -> None:
                                     stop_at_most=name != "null")
             with ProcessPoolExecutor(args.jobs) as processes:
                 runs = list(processes.map(one, range(args.seeds)))
+            if args.raw:
+                with args.raw.open("a") as raw:
+                    raw.writelines(json.dumps({"task": name, "gpus": gpus, "seed": seed,
+                                               "slow_share": args.slow_share, **asdict(r)}) + "\n"
+                                   for seed, r in enumerate(runs))
             most = [r.to_most for r in runs]
-            known = [m for m in most if m is not None]
-            median_most = statistics.median(known) if known else None
+            median_most = _median(most)
             if gpus == 1:
                 base = median_most
             speedup = (base / median_most / gpus) if base and median_most else None

@@ -30,6 +30,9 @@ def test_check_finds_no_problem_in_the_examples(example, objective):
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert objective in checked.stdout
     assert "a 2 s run of train.py: ok" in checked.stdout
+    tracked = next(line for line in checked.stdout.splitlines() if line.startswith("tracked"))
+    named = re.findall(r"[a-z_]+(?=`|,|\))", tracked.split(":", 1)[1])
+    assert len(named) == len(set(named)), f"a metric is named twice: {tracked}"
     assert checked.stdout.strip().endswith("no problems found")
 
 

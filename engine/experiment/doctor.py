@@ -46,8 +46,9 @@ def enforced(spec: Spec) -> list[str]:
                      "`params`)")
     if spec.memory_limit_gb is not None:
         lines.append(f"memory: at most {spec.memory_limit_gb:g} GB per experiment")
+    always = [metric for metric in STANDARD_METRICS if metric not in spec.metrics]
     lines.append("tracked metrics: " + (", ".join(f"`{m}`" for m in spec.metrics) or "none")
-                 + f" (and always {', '.join(STANDARD_METRICS)})")
+                 + f" (and always {', '.join(always)})")
     lines.append(f"holdout: `{spec.holdout}`, recorded and shown, never selected on or shown to "
                  "agents" if spec.holdout else f"holdout: none (a harness may report "
                  f"`holdout_{spec.objective.metric}`, see docs/writing-a-task.md)")

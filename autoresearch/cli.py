@@ -40,6 +40,26 @@ class _Commands(click.Group):
             raise BadInput(str(error)) from error
 
 
+# Options that several commands share, spelt once.
+memory_limit_option = click.option(
+    "--memory-limit", type=click.FloatRange(min=0, min_open=True), metavar="GB",
+    help="Kill an experiment whose processes use more memory than this, and record it as invalid "
+         "(default: the goal file's Memory constraint, if any).")
+grace_option = click.option(
+    "--grace", type=click.FloatRange(min=0), metavar="SECONDS",
+    help="Time allowed past the budget for start-up, data and the hand-over, before train.py is "
+         "killed (default: 20 s or a fifth of the budget, if more).")
+address_option = click.option(
+    "--address", help="An existing Ray cluster (e.g. auto); default: start Ray here.")
+gpus_option = click.option(
+    "--gpus", type=click.IntRange(min=1), help="Logical GPUs to declare when starting Ray here: "
+                                               "a CPU machine then runs this many at once.")
+quiet_option = click.option("--quiet", is_flag=True, help="No live view; log lines instead.")
+verbose_option = click.option(
+    "--verbose", is_flag=True, help="Log the libraries' own lines too (litellm's, httpx's), in "
+                                    "driver.log and with --quiet on the terminal.")
+
+
 @click.group(cls=_Commands)
 @click.version_option(package_name="autoresearch")
 def main() -> None:
@@ -62,12 +82,8 @@ def init(directory: str) -> None:
               help="Training seconds (default: the goal file's training time).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed handed to train.py.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-@click.option("--memory-limit", type=click.FloatRange(min=0, min_open=True), metavar="GB",
-              help="Kill an experiment whose processes use more memory than this, and record it "
-                   "as invalid (default: the goal file's Memory constraint, if any).")
-@click.option("--grace", type=click.FloatRange(min=0), metavar="SECONDS",
-              help="Time allowed past the budget for start-up, data and the hand-over, before "
-                   "train.py is killed (default: 20 s or a fifth of the budget, if more).")
+@memory_limit_option
+@grace_option
 def experiment(task_dir: str, budget: float | None, seed: int, as_json: bool,
                memory_limit: float | None, grace: float | None) -> None:
     """Train the task in TASK_DIR once, as it is, and print the harness's score."""
@@ -87,16 +103,7 @@ def experiment(task_dir: str, budget: float | None, seed: int, as_json: bool,
     if as_json:
         click.echo(json.dumps(record))
         return
-    click.echo(f"status: {result.status}")
-    if result.message:
-        click.echo(f"message: {result.message}")
-    click.echo(f"{task.spec.objective.metric}: {_format(result.objective)}")
-    for name, value in sorted(result.metrics.items()):
-        if name != task.spec.objective.metric:
-            click.echo(f"{name}: {_format(value)}")
-    click.echo(f"train_wall_s: {result.train_wall_s:.1f}")
-    if result.status == "crash" and result.log_tail:
-        click.echo("--- end of train.py's output ---\n" + result.log_tail)
+    click.echo(result.text(task.spec.objective.metric))
 
 
 @main.command()
@@ -136,10 +143,8 @@ def check(task_dir: str, budget: float, grace: float | None) -> None:
 @click.option("--target", type=float, help="Stop once the objective reaches this value.")
 @click.option("--run-dir", type=click.Path(file_okay=False),
               help="Where the run writes everything (default: runs/TASK-TIME).")
-@click.option("--address", help="An existing Ray cluster (e.g. auto); default: start Ray here.")
-@click.option("--gpus", type=click.IntRange(min=1),
-              help="Logical GPUs to declare when starting Ray here: a CPU machine then runs "
-                   "this many experiments at once.")
+@address_option
+@gpus_option
 @click.option("--agent", "agent_name", type=click.Choice(AGENT_NAMES), default="offline",
               show_default=True, help="Which proposer works the islands.")
 @click.option("--model", "models", multiple=True, metavar="MODEL[=WEIGHT]",
@@ -162,12 +167,8 @@ def check(task_dir: str, budget: float, grace: float | None) -> None:
 @click.option("--confirm-seeds", type=click.IntRange(min=2), default=3, show_default=True,
               help="Fresh-seed runs of a candidate before it may be promoted, each beside a "
                    "control run of the baseline.")
-@click.option("--memory-limit", type=click.FloatRange(min=0, min_open=True), metavar="GB",
-              help="Kill an experiment whose processes use more memory than this, and record it "
-                   "as invalid (default: the goal file's Memory constraint, if any).")
-@click.option("--grace", type=click.FloatRange(min=0), metavar="SECONDS",
-              help="Time allowed past the budget for start-up, data and the hand-over, before "
-                   "train.py is killed (default: 20 s or a fifth of the budget, if more).")
+@memory_limit_option
+@grace_option
 @click.option("--tune-trials", type=click.IntRange(min=2), default=12, show_default=True,
               help="Optuna trials (through Ray Tune) that refine the knobs of each promoted "
                    "winner, alongside the agents.")
@@ -177,10 +178,8 @@ def check(task_dir: str, budget: float, grace: float | None) -> None:
               show_default=True, help="The most of the GPUs that tuning trials may hold at once "
                                       "(one GPU always stays with the agents).")
 @click.option("--no-tune", is_flag=True, help="No knob tuning: the agents have every GPU.")
-@click.option("--quiet", is_flag=True, help="No live view; log lines instead.")
-@click.option("--verbose", is_flag=True,
-              help="Log the libraries' own lines too (litellm's, httpx's), in driver.log and "
-                   "with --quiet on the terminal.")
+@quiet_option
+@verbose_option
 def search(task_dir: str, agents: int, budget: float | None, max_experiments: int | None,
            hours: float | None, target: float | None, run_dir: str | None,
            address: str | None, gpus: int | None, agent_name: str, models: tuple[str, ...],
@@ -222,13 +221,10 @@ def search(task_dir: str, agents: int, budget: float | None, max_experiments: in
 @click.option("--hours", type=click.FloatRange(min=0, min_open=True),
               help="Stop starting experiments this long after the resume.")
 @click.option("--target", type=float, help="Stop once the objective reaches this value.")
-@click.option("--address", help="An existing Ray cluster (e.g. auto); default: start Ray here.")
-@click.option("--gpus", type=click.IntRange(min=1),
-              help="Logical GPUs to declare when starting Ray here.")
-@click.option("--quiet", is_flag=True, help="No live view; log lines instead.")
-@click.option("--verbose", is_flag=True,
-              help="Log the libraries' own lines too (litellm's, httpx's), in driver.log and "
-                   "with --quiet on the terminal.")
+@address_option
+@gpus_option
+@quiet_option
+@verbose_option
 def resume(run_dir: str, max_experiments: int | None, hours: float | None,
            target: float | None, address: str | None, gpus: int | None, quiet: bool,
            verbose: bool) -> None:
@@ -411,12 +407,6 @@ def _open_run(run_dir: str) -> RunData:
         return load_run(run_dir)
     except NotARunDir as error:
         raise BadInput(str(error)) from error
-
-
-def _format(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.6g}"
 
 
 if __name__ == "__main__":

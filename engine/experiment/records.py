@@ -96,6 +96,22 @@ class ExperimentResult:
     def from_dict(cls, data: dict) -> ExperimentResult:
         return cls(**data)
 
+    def text(self, metric: str) -> str:
+        """What `autoresearch experiment` prints: the status, the objective (`metric`) first,
+        then every other metric, and the end of train.py's output when it crashed."""
+        lines = [f"status: {self.status}"] + ([f"message: {self.message}"] if self.message else [])
+        lines.append(f"{metric}: {_number(self.objective)}")
+        lines += [f"{name}: {_number(value)}" for name, value in sorted(self.metrics.items())
+                  if name != metric]
+        lines.append(f"train_wall_s: {self.train_wall_s:.1f}")
+        if self.status is Status.CRASH and self.log_tail:
+            lines.append("--- end of train.py's output ---\n" + self.log_tail)
+        return "\n".join(lines)
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.6g}"
+
 
 @dataclass(frozen=True)
 class Job:

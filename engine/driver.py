@@ -116,29 +116,24 @@ class Search:
         RunDirUnwritable, after stopping cleanly, when the run dir can no longer be written."""
         self.pool = self._make_pool()
         self._proposers = self._make_proposers(self.agents, self.options.seed, self.clock)
-        state = self.state
-        state.started_at = last_tick = self.clock()
+        self.state.started_at = self.state.ticked_at = self.clock()
         failure: Exception | None = None
         try:
             while not self._finished():
-                work_from, before = time.monotonic(), self._progress()
+                turn_from, before = time.monotonic(), self._progress()
                 slots, threads = self.pool.refresh()
-                state.slots = slots
                 self._tune(slots, threads)
                 free = slots - self.refiner.slots_wanted
                 self._propose(free)
                 self._admit()
                 self._start(free, threads)
-                work_s = time.monotonic() - work_from
+                wait_from = time.monotonic()
                 outcomes = self.pool.wait(timeout_s=0.05)
-                work_from = time.monotonic()
+                waited_s = time.monotonic() - wait_from
                 for experiment, outcome in outcomes:
                     self._finish(experiment, outcome)
-                now = self.clock()
-                state.capacity_s += slots * (now - last_tick)
-                last_tick = now
-                if self._progress() != before:  # turns that only polled are not driver work
-                    state.driver_s += work_s + time.monotonic() - work_from
+                self.state.tick(slots, self.clock(), time.monotonic() - turn_from - waited_s,
+                                self._progress() != before)
                 if on_tick:
                     on_tick()
         except KeyboardInterrupt:
@@ -149,11 +144,8 @@ class Search:
         finally:
             self._stop(writable=failure is None)
         if failure is not None:
-            raise RunDirUnwritable(
-                f"the run dir {self.run_dir} cannot be written ({failure}); the search stopped "
-                f"and what was already written is intact: make room, then `autoresearch resume "
-                f"{self.run_dir}`") from failure
-        return state
+            raise RunDirUnwritable.after(failure, self.run_dir) from failure
+        return self.state
 
     def _finished(self) -> bool:
         """Stop starting work at a limit; end once nothing is in flight (at once for some)."""

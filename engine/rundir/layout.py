@@ -30,6 +30,13 @@ from engine.rundir.store import ResultStore, read_rows
 class RunDirUnwritable(RuntimeError):
     """The run dir cannot be written (disk full, read-only, gone); the message says what to do."""
 
+    @classmethod
+    def after(cls, failure: Exception, run_dir: object) -> RunDirUnwritable:
+        """The error a search raises once it stopped on `failure` to write `run_dir`."""
+        return cls(f"the run dir {run_dir} cannot be written ({failure}); the search stopped "
+                   f"and what was already written is intact: make room, then `autoresearch "
+                   f"resume {run_dir}`")
+
 
 class RunDir:
     """The paths of one run dir, and the only writer of its files."""

@@ -22,6 +22,7 @@ class Summary:
     spent_usd: float = 0.0  # what the agents' proposals cost
     finished_before: int = 0  # experiments finished before this process resumed the run
     running: list = field(default_factory=list)  # the experiments on GPUs now
+    ticked_at: float = 0.0  # when the driver's loop last turned
     holdout_key: str | None = None  # the objective's holdout score, when the harness has one
     # For the live view's best line only (the search never reads them): holdout scores by
     # commit, and the commit of each experiment that has one.
@@ -39,6 +40,16 @@ class Summary:
         if holdout is not None and result.status is Status.OK:
             self._holdout.setdefault(result.commit, []).append(holdout)
             self._commits[result.exp_id] = result.commit
+
+    def tick(self, slots: int, now: float, work_s: float, progressed: bool) -> None:
+        """One turn of the driver's loop: the GPU-seconds `slots` offered since the last turn,
+        and `work_s` of the driver's own work, counted only on a turn that moved something (a
+        turn that only polled the GPUs is waiting, not work)."""
+        self.slots = slots
+        self.capacity_s += slots * (now - self.ticked_at)
+        self.ticked_at = now
+        if progressed:
+            self.driver_s += work_s
 
     def holdout_of(self, commit: str, exp_id: str) -> float | None:
         """The mean holdout score of the runs of a member of the population: those of its

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from engine.experiment.records import metric_columns
 from engine.experiment.runner import run_experiment
 from engine.experiment.spec import GoalFileError
 from engine.experiment.task import load_task
@@ -45,6 +46,9 @@ def test_validation_loss_is_the_key_the_harness_declares_and_its_metrics_are_rec
     assert result.status == "ok", result.message
     assert result.objective == 1.5
     assert result.metrics["inference_chars_per_s"] == 1e5
+    # The goal file's tracked metrics are columns of the results store, beside the objective.
+    for tracked in ("val_perplexity", "loss_spikes", "inference_chars_per_s"):
+        assert tracked in metric_columns(task.spec)
 
 
 def test_a_size_limit_the_harness_does_not_measure_is_refused_before_any_training(tmp_path):

@@ -27,7 +27,8 @@ from engine.search.tuning_gate import TuningGate
 
 CORE = ("engine.search.evolution", "engine.search.population", "engine.search.members",
         "engine.search.briefing", "engine.search.bandit", "engine.search.noise",
-        "engine.search.compare", "engine.search.combine", "engine.search.tuning_gate")
+        "engine.search.compare", "engine.search.combine", "engine.search.tuning_gate",
+        "engine.search.seen_code")
 # Nowhere in what the core imports, however indirectly.
 NEVER = ("ray", "subprocess", "threading", "concurrent", "multiprocessing", "socket", "pyarrow",
          "engine.rundir", "engine.search.ray_pool", "engine.search.pool", "engine.tuning",

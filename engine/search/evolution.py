@@ -1,10 +1,10 @@
 """The evolution core: the search's state and rules, without the world around it.
 
 It owns the population (engine/search/population.py) and what goes with it: the experiment ids
-and seeds, the code already tried, the queue of experiments waiting for a GPU, the results that
-wait for the noise to be measured, the confirmations, and the gate that lets one tuning trial of
-a refinement be confirmed at a time (engine/search/tuning_gate.py). Its surface is ask and tell,
-as in Optuna's `ask`/`tell`:
+and seeds, the code already tried (engine/search/seen_code.py), the queue of experiments waiting
+for a GPU, the results that wait for the noise to be measured, the confirmations, and the gate
+that lets one tuning trial of a refinement be confirmed at a time (engine/search/tuning_gate.py).
+Its surface is ask and tell, as in Optuna's `ask`/`tell`:
 
     admit(island, parent, proposal)   an agent's proposal -> an experiment, or why it is refused
     enqueue(experiment)               queue it (the caller journals what this returns)
@@ -34,6 +34,7 @@ from engine.search.bandit import Bandit
 from engine.search.members import CPU, Decision, Member
 from engine.search.options import SearchOptions
 from engine.search.population import Population
+from engine.search.seen_code import SeenCode
 from engine.search.tuning_gate import TuningGate
 
 log = logging.getLogger("autoresearch")
@@ -66,10 +67,8 @@ class Evolution:
         self.submitted = 0  # experiments handed out (tuning trials included)
         self.fingerprint: str | None = None  # the data the noise runs were scored against
         self.descriptions: dict[str, str] = {}  # exp id -> description
-        # The code of every experiment so far -> the first experiment with that code and the
-        # commit it changed ("" for the starting code): a repeat is refused, naming it.
-        self.seen_code: dict[str, tuple[str, str]] = {
-            code_hash(start.files, spec.editable_files): ("", "")}
+        # The code of every experiment so far: a repeat is refused, naming the first.
+        self.seen_code = SeenCode(code_hash(start.files, spec.editable_files))
         self.noise_outstanding = options.noise_seeds
         # Which strategies and models the agents' calls go to, by what their changes earned.
         self.bandit = Bandit(options.budget_s or spec.time_budget_s)
@@ -122,29 +121,13 @@ class Evolution:
             files = apply_proposal(parent.files, proposal, self.spec)
             digest = code_hash(files, self.spec.editable_files)
             if digest in self.seen_code:
-                raise Refused(self._repeats(digest, parent.commit))
+                raise Refused(self.seen_code.repeats(digest, parent.commit))
         except Refused as refused:
             return experiment, f"refused: {refused}"
-        self.remember_code(digest, exp_id, parent.commit)
+        self.seen_code.remember(digest, exp_id, parent.commit)
         experiment.files, experiment.code = files, digest
         experiment.seed_only = changes_only_randomness(parent.files, files)
         return experiment, None
-
-    def remember_code(self, code: str, exp_id: str, parent: str) -> None:
-        """Note that experiment `exp_id`, a change of `parent`, has the code `code` (see
-        checks.code_hash), unless an earlier one had it: a repeat of it is refused, naming the
-        first. Resume calls it for every journaled experiment, in journal order."""
-        self.seen_code.setdefault(code, (exp_id, parent))
-
-    def _repeats(self, code: str, parent: str) -> str:
-        """Why code already seen is refused, naming the experiment it repeats."""
-        first, first_parent = self.seen_code[code]
-        aside = "once comments, formatting and number spelling are set aside"
-        if not first:
-            return f"it repeats the starting code, {aside}"
-        if first_parent == parent:
-            return f"it repeats {first}: the same change to the same parent, {aside}"
-        return f"it repeats the code of {first}, made from another parent, {aside}"
 
     def enqueue(self, *experiments: Experiment, first: bool = False) -> list[Experiment]:
         """Queue the experiments, in order, at the back or (`first`) behind the confirmations
@@ -285,7 +268,7 @@ class Evolution:
         if code in self.seen_code:
             return
         exp_id = self._new_id()
-        self.remember_code(code, exp_id, baseline.commit)
+        self.seen_code.remember(code, exp_id, baseline.commit)
         experiment = Experiment(
             exp_id, Kind.MUTATION, island, "", baseline.commit, files,
             f"combine {member.exp_id} with the baseline ({baseline.exp_id or 'the start'})",
@@ -337,7 +320,7 @@ class Evolution:
         experiment = Experiment(self._new_id(), Kind.TUNE, island, member.commit, member.commit,
                                 files, description, self.options.seed, "optuna",
                                 code=code_hash(files, self.spec.editable_files))
-        self.remember_code(experiment.code, experiment.exp_id, member.commit)
+        self.seen_code.remember(experiment.code, experiment.exp_id, member.commit)
         self.descriptions[experiment.exp_id] = description
         self.submitted += 1
         return experiment

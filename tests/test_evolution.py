@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 from agents.llm import ProposalFailed
+from engine.experiment.objective import Objective
 from engine.experiment.records import (
+    Experiment,
     ExperimentResult,
     Kind,
     Outcome,
@@ -21,10 +23,12 @@ from engine.rundir.store import ResultStore
 from engine.search.evolution import Evolution
 from engine.search.members import Member
 from engine.search.options import SearchOptions
+from engine.search.tuning_gate import TuningGate
 
 CORE = ("engine.search.evolution", "engine.search.population", "engine.search.members",
         "engine.search.briefing", "engine.search.bandit", "engine.search.noise",
-        "engine.search.compare", "engine.search.combine")
+        "engine.search.compare", "engine.search.combine", "engine.search.tuning_gate",
+        "engine.search.seen_code")
 # Nowhere in what the core imports, however indirectly.
 NEVER = ("ray", "subprocess", "threading", "concurrent", "multiprocessing", "socket", "pyarrow",
          "engine.rundir", "engine.search.ray_pool", "engine.search.pool", "engine.tuning",
@@ -294,3 +298,42 @@ def test_a_pinned_confirmation_waits_while_its_gpu_model_is_busy_and_others_pass
     assert core.ask(lambda accelerator: accelerator != "H100") is later
     assert core.ask(lambda accelerator: accelerator != "H100") is None
     assert core.ask(lambda accelerator: True).kind is Kind.CONTROL
+
+
+def tuning_trial(commit, tuned="tuned"):
+    return Experiment(f"e-{commit}", Kind.TUNE, 0, commit, tuned, {}, commit, 0, "optuna")
+
+
+def test_a_tuning_trial_is_judged_when_it_beats_the_rest_one_confirmation_at_a_time():
+    gate = TuningGate(Objective("loss", "minimize", "Minimize loss"), SearchOptions())
+    member = Member("tuned", {}, [2.0])
+
+    def admits(commit, score):
+        return gate.admits(tuning_trial(commit), result_of(None, tuning_trial(commit), score),
+                           member)
+
+    assert not admits("tuned", 1.0)  # its files unchanged: the member's own code
+    assert not admits("worse", 2.5)  # behind the member it tunes
+    assert admits("first", 1.8)
+    gate.confirming(tuning_trial("first"))
+    assert not admits("behind", 1.9)  # behind an earlier trial of the same tuning
+    assert not admits("better", 1.5)  # ahead, but it waits for the confirmation of "first"
+    assert not admits("not-best", 1.6)  # and only the best that waited is judged after it
+    assert [(e.commit, r.score) for e, r in gate.decided("first")] == [("better", 1.5)]
+    assert gate.decided("first") == [] and gate.decided("other") == []
+    assert admits("best", 1.4)  # nothing of this tuning is being confirmed now
+
+
+def test_a_fresh_winner_is_tuned_next_and_the_baseline_every_few_results():
+    gate = TuningGate(Objective("loss", "minimize", "Minimize loss"),
+                      SearchOptions(tune_trials=4, tune_every=2))
+    baseline, winner = Member("start", {}, [2.0]), Member("winner", {}, [1.5], "e00009")
+    assert gate.next(baseline, ready=True) is None and gate.tuning is None
+    gate.promoted(winner, 1)
+    assert gate.next(baseline, ready=True) == (winner, 1) == gate.tuning
+    assert gate.next(baseline, ready=True) is None  # taken: tuned once
+    gate.counted()
+    gate.counted()
+    assert gate.next(baseline, ready=False) is None  # the baseline has no score yet
+    assert gate.next(baseline, ready=True) == (baseline, 1)  # the island it came from
+    assert gate.next(baseline, ready=True) is None  # the count starts again

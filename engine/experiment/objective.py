@@ -3,6 +3,7 @@ mean for it (every comparison of scores in the engine goes through it)."""
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -38,6 +39,11 @@ class Objective:
     def ranked(self, items: Iterable[T], score: Callable[[T], float | None]) -> list[T]:
         """`items` best first by `score` (those without one last)."""
         return sorted(items, key=lambda item: self.sort_key(score(item)))
+
+    def top(self, items: Iterable[T], score: Callable[[T], float | None], count: int) -> list[T]:
+        """The first `count` of `ranked(items, score)`, without sorting all of them (heapq keeps
+        the order of items with equal scores, as sorted does)."""
+        return heapq.nsmallest(count, items, key=lambda item: self.sort_key(score(item)))
 
     def best(self, items: Iterable[T], score: Callable[[T], float | None]) -> T | None:
         """The item with the best score, None when none has one."""

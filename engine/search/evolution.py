@@ -1,9 +1,10 @@
 """The evolution core: the search's state and rules, without the world around it.
 
 It owns the population (engine/search/population.py) and what goes with it: the experiment ids
-and seeds, the code already tried, the queue of experiments waiting for a GPU, the results that
-wait for the noise to be measured, the confirmations, and the gate that lets one tuning trial of
-a refinement be confirmed at a time. Its surface is ask and tell, as in Optuna's `ask`/`tell`:
+and seeds, the code already tried (engine/search/seen_code.py), the queue of experiments waiting
+for a GPU, the results that wait for the noise to be measured, the confirmations, and the gate
+that lets one tuning trial of a refinement be confirmed at a time (engine/search/tuning_gate.py).
+Its surface is ask and tell, as in Optuna's `ask`/`tell`:
 
     admit(island, parent, proposal)   an agent's proposal -> an experiment, or why it is refused
     enqueue(experiment)               queue it (the caller journals what this returns)
@@ -33,6 +34,8 @@ from engine.search.bandit import Bandit
 from engine.search.members import CPU, Decision, Member
 from engine.search.options import SearchOptions
 from engine.search.population import Population
+from engine.search.seen_code import SeenCode
+from engine.search.tuning_gate import TuningGate
 
 log = logging.getLogger("autoresearch")
 
@@ -64,10 +67,8 @@ class Evolution:
         self.submitted = 0  # experiments handed out (tuning trials included)
         self.fingerprint: str | None = None  # the data the noise runs were scored against
         self.descriptions: dict[str, str] = {}  # exp id -> description
-        # The code of every experiment so far -> the first experiment with that code and the
-        # commit it changed ("" for the starting code): a repeat is refused, naming it.
-        self.seen_code: dict[str, tuple[str, str]] = {
-            code_hash(start.files, spec.editable_files): ("", "")}
+        # The code of every experiment so far: a repeat is refused, naming the first.
+        self.seen_code = SeenCode(code_hash(start.files, spec.editable_files))
         self.noise_outstanding = options.noise_seeds
         # Which strategies and models the agents' calls go to, by what their changes earned.
         self.bandit = Bandit(options.budget_s or spec.time_budget_s)
@@ -76,16 +77,9 @@ class Evolution:
         self._scores: dict[str, list[tuple[float, str]]] = {}  # commit -> scores, parents let go
         # commit -> what its first scored run measured, shown beside its children's
         self._measured: dict[str, Measured] = {}
-        self._baseline_island = 0  # the island the baseline came from
-        # Tuning: the member being refined, the next one wanted, and the trial gate. One trial
-        # of a tuning is confirmed at a time; a better one that comes meanwhile waits.
-        self.tuning: tuple[Member, int] | None = None
-        self._tune_wanted: tuple[Member, int] | None = None
-        self._since_tuning = 0
-        self.trials_recorded: set[str] = set()
-        self._best_trial: dict[str, float] = {}  # tuned commit -> best trial score so far
-        self._trial_confirming: dict[str, str] = {}  # trial commit -> the commit it tunes
-        self._trial_waiting: dict[str, tuple[Experiment, Result]] = {}  # tuned commit -> trial
+        # Tuning: the member being refined, and which of its trials are judged.
+        self.tuning_gate = TuningGate(spec.objective, options)
+        self.trials_recorded: set[str] = set()  # trials whose results were told
 
     # -- the start -----------------------------------------------------------------------------
 
@@ -127,29 +121,13 @@ class Evolution:
             files = apply_proposal(parent.files, proposal, self.spec)
             digest = code_hash(files, self.spec.editable_files)
             if digest in self.seen_code:
-                raise Refused(self._repeats(digest, parent.commit))
+                raise Refused(self.seen_code.repeats(digest, parent.commit))
         except Refused as refused:
             return experiment, f"refused: {refused}"
-        self.remember_code(digest, exp_id, parent.commit)
+        self.seen_code.remember(digest, exp_id, parent.commit)
         experiment.files, experiment.code = files, digest
         experiment.seed_only = changes_only_randomness(parent.files, files)
         return experiment, None
-
-    def remember_code(self, code: str, exp_id: str, parent: str) -> None:
-        """Note that experiment `exp_id`, a change of `parent`, has the code `code` (see
-        checks.code_hash), unless an earlier one had it: a repeat of it is refused, naming the
-        first. Resume calls it for every journaled experiment, in journal order."""
-        self.seen_code.setdefault(code, (exp_id, parent))
-
-    def _repeats(self, code: str, parent: str) -> str:
-        """Why code already seen is refused, naming the experiment it repeats."""
-        first, first_parent = self.seen_code[code]
-        aside = "once comments, formatting and number spelling are set aside"
-        if not first:
-            return f"it repeats the starting code, {aside}"
-        if first_parent == parent:
-            return f"it repeats {first}: the same change to the same parent, {aside}"
-        return f"it repeats the code of {first}, made from another parent, {aside}"
 
     def enqueue(self, *experiments: Experiment, first: bool = False) -> list[Experiment]:
         """Queue the experiments, in order, at the back or (`first`) behind the confirmations
@@ -219,11 +197,13 @@ class Evolution:
             self._apply(population.observe_control(experiment.confirms, score, accelerator), told)
         elif experiment.kind is Kind.TUNE:
             self.trials_recorded.add(result.trial)
-            self._judge_trial(experiment, result, told)
+            # A trial is judged like a mutation when the tuning gate lets it through.
+            if self.tuning_gate.admits(experiment, result, self._parent(experiment)):
+                self._judge_best_trial(experiment, result, told)
         elif self.noise_outstanding > 0:
             self._deferred.append((experiment, result))
         else:
-            self._since_tuning += 1
+            self.tuning_gate.counted()
             self._judge(experiment, result, told)
 
     def _judge(self, experiment: Experiment, result: Result, told: Told,
@@ -242,28 +222,11 @@ class Evolution:
                              child.exp_id in self.population.kept, experiment.cost_usd)
         self._apply(decisions, told)
 
-    def _judge_trial(self, experiment: Experiment, result: Result, told: Told) -> None:
-        """A tuning trial is judged like a mutation only when it beats its member and every
-        earlier trial of the same tuning, and no other trial of that tuning is being confirmed
-        (it waits for that confirmation to end)."""
-        score = result.score
-        if score is None or experiment.commit == experiment.parent:
-            return
-        parent = self._parent(experiment)
-        best = self._best_trial.get(experiment.parent, parent.objective if parent.runs else None)
-        if best is not None and not self.spec.objective.is_better(score, best):
-            return
-        self._best_trial[experiment.parent] = score
-        if experiment.parent in self._trial_confirming.values():
-            self._trial_waiting[experiment.parent] = (experiment, result)
-        else:
-            self._judge_best_trial(experiment, result, told)
-
     def _judge_best_trial(self, experiment: Experiment, result: Result, told: Told) -> None:
         self._judge(experiment, result, told,
                     confirm_because="the best of its tuning trials so far")
         if experiment.commit in self.population.confirming:
-            self._trial_confirming[experiment.commit] = experiment.parent
+            self.tuning_gate.confirming(experiment)
 
     def _apply(self, decisions: list[Decision], told: Told) -> None:
         """Act on the population's decisions: queue confirmations, merge promotions; the moves of
@@ -282,9 +245,7 @@ class Evolution:
                 self._scores[merged] = list(zip(member.runs, member.accelerators, strict=True))
                 if member.commit in self._measured:
                     self._measured.setdefault(merged, self._measured[member.commit])
-                self._baseline_island = island
-                if self.options.tune_trials:
-                    self._tune_wanted = (member, island)
+                self.tuning_gate.promoted(member, island)
                 log.info("promoted %s: %s", member.exp_id, decision.reason)
                 told.decisions += self.population.migrate()
             elif decision.kind == "combine":
@@ -292,10 +253,8 @@ class Evolution:
                 self._combination(member, island, decision.files, told)
             elif decision.kind == "reject_promotion":
                 log.info("not promoted %s: %s", member.exp_id, decision.reason)
-            if decision.kind in ("promote", "reject_promotion") and (
-                    member.commit in self._trial_confirming):
-                tuned = self._trial_confirming.pop(member.commit)
-                released += [self._trial_waiting.pop(tuned)] if tuned in self._trial_waiting else []
+            if decision.kind in ("promote", "reject_promotion"):
+                released += self.tuning_gate.decided(member.commit)
             told.decisions.append(decision)
         for experiment, result in released:
             self._judge_best_trial(experiment, result, told)
@@ -309,7 +268,7 @@ class Evolution:
         if code in self.seen_code:
             return
         exp_id = self._new_id()
-        self.remember_code(code, exp_id, baseline.commit)
+        self.seen_code.remember(code, exp_id, baseline.commit)
         experiment = Experiment(
             exp_id, Kind.MUTATION, island, "", baseline.commit, files,
             f"combine {member.exp_id} with the baseline ({baseline.exp_id or 'the start'})",
@@ -347,15 +306,12 @@ class Evolution:
     def next_tuning(self) -> tuple[Member, int] | None:
         """The member to refine next, with its island (a fresh winner, or the baseline every
         --tune-every results), taken as the one being tuned from now on; None: nothing to tune."""
-        options = self.options
-        if (options.tune_every and self._tune_wanted is None and options.tune_trials
-                and self._since_tuning >= options.tune_every and self.population.ready):
-            self._tune_wanted = (self.population.baseline, self._baseline_island)
-        if self._tune_wanted is None:
-            return None
-        self.tuning, self._tune_wanted = self._tune_wanted, None
-        self._since_tuning = 0
-        return self.tuning
+        return self.tuning_gate.next(self.population.baseline, self.population.ready)
+
+    @property
+    def tuning(self) -> tuple[Member, int] | None:
+        """The member being refined and its island (the last one `next_tuning` returned)."""
+        return self.tuning_gate.tuning
 
     def trial(self, files: dict[str, str], description: str) -> Experiment:
         """A trial of the tuning under way, as an experiment on the member it tunes (its commit
@@ -364,7 +320,7 @@ class Evolution:
         experiment = Experiment(self._new_id(), Kind.TUNE, island, member.commit, member.commit,
                                 files, description, self.options.seed, "optuna",
                                 code=code_hash(files, self.spec.editable_files))
-        self.remember_code(experiment.code, experiment.exp_id, member.commit)
+        self.seen_code.remember(experiment.code, experiment.exp_id, member.commit)
         self.descriptions[experiment.exp_id] = description
         self.submitted += 1
         return experiment

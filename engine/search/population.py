@@ -39,7 +39,6 @@ The rules, in the order a result meets them:
 
 from __future__ import annotations
 
-import heapq
 import random
 from dataclasses import dataclass, field
 
@@ -396,8 +395,8 @@ class Population:
         if self._best_kept is None or self._best_kept[0] < count:
             members = {m.commit: m for island in self.islands
                        for m in (island.head, *island.archive) if m.runs and m.exp_id}
-            self._best_kept = (count, heapq.nsmallest(count, members.values(), key=lambda m: (
-                self.objective.sort_key(m.objective))))
+            self._best_kept = (count, self.objective.top(members.values(),
+                                                         lambda m: m.objective, count))
         return self._best_kept[1][:count]
 
     def best(self) -> Member:

@@ -34,7 +34,7 @@ def resume(search_class, task: Task, run_dir: Path, options, agents, run, *, wri
     # combination the replay meets is then known by the id it was journaled under.
     for exp_id, entry in entries.items():
         if entry.get("code"):
-            core.remember_code(entry["code"], exp_id, entry["parent"])
+            core.seen_code.remember(entry["code"], exp_id, entry["parent"])
     core.merge = recorder.replayed_merge
     completed: set[str] = set()
     for result in results:

@@ -72,8 +72,8 @@ def main() -> None:
 def init(directory: str) -> None:
     """Start a new task in DIRECTORY from the bundled template."""
     folder = init_task(directory)
-    click.echo(f"New task in {folder}: edit program.md (the goal) and train.py, then run "
-               f"`autoresearch experiment {folder}`.")
+    click.echo(f"New task in {folder}: edit program.md (the goal), prepare.py (the harness, "
+               f"docs/writing-a-task.md) and train.py, then run `autoresearch check {folder}`.")
 
 
 @main.command()

@@ -20,6 +20,7 @@ def test_init_makes_a_task_from_the_template(tmp_path):
     assert made.returncode == 0, made.stderr
     assert sorted(p.name for p in (tmp_path / "my-task").iterdir()) == [
         "prepare.py", "program.md", "train.py"]
+    assert f"autoresearch check {tmp_path / 'my-task'}" in made.stdout  # the task doctor first
 
 
 def test_init_refuses_a_folder_with_files_in_it(tmp_path):

@@ -61,6 +61,20 @@ def test_check_names_a_goal_the_harness_cannot_serve_and_exits_2(tmp_path):
         "(val_accuracy), 'parameters' (params); put the result key to optimise in backticks")
 
 
+def test_check_of_a_train_py_that_crashes_at_once_names_the_error_and_no_timings(tmp_path):
+    task = tmp_path / "task"
+    task.mkdir()
+    for name in ("prepare.py", "program.md"):
+        (task / name).write_text((ROOT / "examples" / "spirals" / name).read_text())
+    (task / "train.py").write_text("1 / 0\n")
+    checked = autoresearch("check", task, "--budget", "2")
+    assert checked.returncode == 2
+    problems = [line for line in checked.stdout.splitlines() if line.startswith("problem:")]
+    assert problems == ["problem: the starting train.py does not score: train.py exited with "
+                        "status 1: ZeroDivisionError: division by zero"]
+    assert "grace" not in checked.stdout and "scoring took" not in checked.stdout
+
+
 def test_experiment_gives_train_py_the_threads_of_a_search_slot(tmp_path, monkeypatch):
     task = tmp_path / "task"
     task.mkdir()

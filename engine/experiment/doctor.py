@@ -76,7 +76,8 @@ def examine(task: Task, budget_s: float, grace_s: float | None = None) -> Examin
                        + (f" ({result.message})" if result.message else ""))
     if result.status is not Status.OK:
         found.problems.append(f"the starting train.py does not score: {result.message}")
-    found.lines += _timings(result, grace, found.problems)
+    if result.status is not Status.CRASH or result.startup_s is not None:
+        found.lines += _timings(result, grace, found.problems)  # (a crash at start has none)
     if result.status in (Status.OK, Status.INVALID) and result.eval_wall_s:
         _compare_line(result, spec, found.problems)
     return found
@@ -90,14 +91,15 @@ def _timings(result: ExperimentResult, grace: float, problems: list[str]) -> lis
              f"export {result.export_s:.1f} s" if result.export_s is not None
              else "export unknown (the harness does not report it)"]
     lines = [f"train.py ran {past_budget:.1f} s past its budget ({', '.join(parts)}) of "
-             f"{grace:g} s of grace",
-             f"scoring took {result.eval_wall_s:.1f} s of {EVAL_TIMEOUT_S:g} s allowed"]
+             f"{grace:g} s of grace"]
+    if result.eval_wall_s:  # the harness scored the model
+        lines.append(f"scoring took {result.eval_wall_s:.1f} s of {EVAL_TIMEOUT_S:g} s allowed")
     if past_budget > GRACE_SHARE_WARNED * grace:
         problems.append(f"train.py used {past_budget:.1f} s of its {grace:g} s grace for "
                         "start-up, data and the hand-over; give more with --grace")
     if result.eval_wall_s > GRACE_SHARE_WARNED * EVAL_TIMEOUT_S:
         problems.append(f"{HARNESS_FILE} took {result.eval_wall_s:.0f} s to score a model, more "
-                        f"than half of the {EVAL_TIMEOUT_S:g} s it is allowed")
+                        f"than {GRACE_SHARE_WARNED:.0%} of the {EVAL_TIMEOUT_S:g} s it is allowed")
     return lines
 
 

@@ -86,6 +86,14 @@ def test_a_harness_line_without_the_objective_says_so(tmp_path):
         "reported: valid, val_perplexity, inference_chars_per_s, params")
 
 
+def test_a_harness_that_prints_no_json_line_says_so(tmp_path):
+    task = make_task(tmp_path / "task", f"METRICS = {LM_METRICS!r}\nprint('scored!')\n")
+    result = run_experiment(task.files, task.spec, seed=0, budget_s=1)
+    assert result.status == "crash"
+    assert result.message == ("`python prepare.py evaluate` printed no JSON line (its score); "
+                              "its last line: scored!")
+
+
 def test_a_refusal_without_a_reason_says_none_was_given(tmp_path):
     task = make_task(tmp_path / "task", harness_printing({**LM_LINE, "valid": False}, LM_METRICS))
     result = run_experiment(task.files, task.spec, seed=0, budget_s=1)

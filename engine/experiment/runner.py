@@ -162,9 +162,13 @@ def run_experiment(
         )
         result.eval_wall_s = evaluation["wall_s"]
         scored = _last_json_line(Path(tmp, "eval.log"))
-        if evaluation["outcome"] != "exited" or evaluation["exit_code"] != 0 or scored is None:
+        if evaluation["outcome"] != "exited" or evaluation["exit_code"] != 0:
             tail = _last_line(_tail(Path(tmp, "eval.log")))
             return _fail(result, Status.CRASH, f"the harness could not score the model: {tail}")
+        if scored is None:
+            return _fail(result, Status.CRASH, f"`python {HARNESS_FILE} evaluate` printed no JSON "
+                                               f"line (its score); its last line: "
+                                               f"{_last_line(_tail(Path(tmp, 'eval.log')))}")
     return _judge(result, scored, spec, expected_fingerprint)
 
 

@@ -47,6 +47,17 @@ def test_the_charlm_example_tracks_what_the_seed_goal_file_names():
     assert record["metrics"]["params"] < 1_000_000
 
 
+def test_the_spirals_example_trains_above_chance_within_its_size_limit():
+    done = autoresearch("experiment", ROOT / "examples" / "spirals", "--budget", "2", "--grace",
+                        "90", "--json")
+    record = json.loads(done.stdout)
+    assert record["status"] == "ok", record["message"]
+    assert record["val_accuracy"] > 0.25  # four classes: a guess gets a quarter
+    for metric in ("val_loss", "inference_points_per_s"):
+        assert metric in record["metrics"]
+    assert record["metrics"]["params"] < 50_000
+
+
 def test_check_names_a_goal_the_harness_cannot_serve_and_exits_2(tmp_path):
     task = tmp_path / "task"
     task.mkdir()

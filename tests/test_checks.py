@@ -63,6 +63,15 @@ def test_a_change_that_does_not_compile_is_refused_for_that_first(template):
         apply_proposal(template.files, proposal, template.spec)
 
 
+
+def test_a_file_with_a_null_byte_is_refused_saying_so_without_a_line_it_has_not(template):
+    proposal = Proposal("binary", {"train.py": template.files["train.py"] + "\nX = 1\x00\n"})
+    with pytest.raises(Refused) as refused:
+        apply_proposal(template.files, proposal, template.spec)
+    assert str(refused.value) == ("train.py does not compile: source code string cannot contain "
+                                  "null bytes")
+
+
 # -- code_hash --------------------------------------------------------------------------------
 
 

@@ -74,7 +74,7 @@ def apply_proposal(parent: dict[str, str], proposal: Proposal, spec: Spec) -> di
             try:
                 compile(text, name, "exec")
             except SyntaxError as error:
-                where = f"line {error.lineno}: {error.msg}"
+                where = f"line {error.lineno}: {error.msg}" if error.lineno else error.msg
                 raise Refused(f"{name} does not compile: {where}") from None
     if all(name in parent and name.endswith(".py")
            and _canonical(name, parent[name]) == _canonical(name, text)

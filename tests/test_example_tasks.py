@@ -21,6 +21,17 @@ def autoresearch(*args) -> subprocess.CompletedProcess:
     return subprocess.run([*AUTORESEARCH, *map(str, args)], capture_output=True, text=True)
 
 
+def spirals_with(folder: Path, replaced: dict[str, str]) -> Path:
+    """The spirals example copied into `folder`/task, with the files in `replaced` rewritten."""
+    task = folder / "task"
+    task.mkdir()
+    for name in ("prepare.py", "program.md", "train.py"):
+        text = replaced.get(name)
+        (task / name).write_text(text if text is not None
+                                 else (ROOT / "examples" / "spirals" / name).read_text())
+    return task
+
+
 @pytest.mark.parametrize(("example", "objective"), [
     ("spirals", "objective: maximize `val_accuracy`"),
     ("charlm", "objective: minimize `val_loss`"),
@@ -59,12 +70,8 @@ def test_the_spirals_example_trains_above_chance_within_its_size_limit():
 
 
 def test_check_names_a_goal_the_harness_cannot_serve_and_exits_2(tmp_path):
-    task = tmp_path / "task"
-    task.mkdir()
-    for name in ("prepare.py", "train.py"):
-        (task / name).write_text((ROOT / "examples" / "spirals" / name).read_text())
-    (task / "program.md").write_text("# Goal\nMaximize validation accuracy with as few "
-                                     "parameters as possible\n")
+    task = spirals_with(tmp_path, {"program.md": "# Goal\nMaximize validation accuracy with as "
+                                                 "few parameters as possible\n"})
     checked = autoresearch("check", task)
     assert checked.returncode == 2
     assert checked.stderr.strip() == (
@@ -73,11 +80,7 @@ def test_check_names_a_goal_the_harness_cannot_serve_and_exits_2(tmp_path):
 
 
 def test_check_of_a_train_py_that_crashes_at_once_names_the_error_and_no_timings(tmp_path):
-    task = tmp_path / "task"
-    task.mkdir()
-    for name in ("prepare.py", "program.md"):
-        (task / name).write_text((ROOT / "examples" / "spirals" / name).read_text())
-    (task / "train.py").write_text("1 / 0\n")
+    task = spirals_with(tmp_path, {"train.py": "1 / 0\n"})
     checked = autoresearch("check", task, "--budget", "2")
     assert checked.returncode == 2
     problems = [line for line in checked.stdout.splitlines() if line.startswith("problem:")]
@@ -87,12 +90,8 @@ def test_check_of_a_train_py_that_crashes_at_once_names_the_error_and_no_timings
 
 
 def test_experiment_gives_train_py_the_threads_of_a_search_slot(tmp_path, monkeypatch):
-    task = tmp_path / "task"
-    task.mkdir()
-    for name in ("prepare.py", "program.md"):
-        (task / name).write_text((ROOT / "examples" / "spirals" / name).read_text())
-    (task / "train.py").write_text(
-        "import os\nraise SystemExit('threads=' + os.environ.get('OMP_NUM_THREADS', 'unset'))\n")
+    task = spirals_with(tmp_path, {"train.py": "import os\nraise SystemExit('threads=' + "
+                                               "os.environ.get('OMP_NUM_THREADS', 'unset'))\n"})
     cpus, gpus = os.cpu_count(), torch.cuda.device_count()
     slot = max(cpus // gpus, 1) if gpus else 1  # as engine/search/ray_pool.py shares cores out
     monkeypatch.setenv("OMP_NUM_THREADS", str(slot + 1))  # the user's shell does not count
@@ -101,11 +100,7 @@ def test_experiment_gives_train_py_the_threads_of_a_search_slot(tmp_path, monkey
 
 
 def test_experiment_grace_is_the_time_allowed_past_the_budget(tmp_path):
-    task = tmp_path / "task"
-    task.mkdir()
-    for name in ("prepare.py", "program.md"):
-        (task / name).write_text((ROOT / "examples" / "spirals" / name).read_text())
-    (task / "train.py").write_text("import time\ntime.sleep(30)\n")
+    task = spirals_with(tmp_path, {"train.py": "import time\ntime.sleep(30)\n"})
     done = autoresearch("experiment", task, "--budget", "1", "--grace", "1", "--json")
     record = json.loads(done.stdout)
     assert record["status"] == "timeout"

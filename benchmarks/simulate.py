@@ -296,7 +296,7 @@ class MemoryRecorder:
         self.promotions: list[Promotion] = []
         self.baseline_true: float | None = None
 
-    def start(self, islands: int, commit: str, info: dict) -> None:
+    def start(self, task_path, options, commit: str, created: float, budget_s: float) -> None:
         return
 
     def journal(self, experiments: list[Experiment]) -> None:

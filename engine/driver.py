@@ -5,15 +5,17 @@ The life of one experiment, as `Search.run` drives it, one step per method of it
 1. `_propose`: an agent proposes a change to its island's parent (in a thread, ahead of need, so
    no GPU waits for a proposer; engine/search/proposers.py);
 2. `_admit`: the evolution core checks it (editable files only, compiles, changes the code, not a
-   duplicate); the recorder commits it on the island's branch and journals it, or records it as
-   `rejected` and the agent is told why;
+   duplicate); the recorder commits it on the island's branch and journals it, or the ledger
+   records it as `rejected` and the agent is told why;
 3. `_start`: the core hands out the next queued experiment for each free GPU of the pool (Ray
    tasks on the cluster, engine/search/ray_pool.py);
-4. `_finish`: its result is appended to the results store, durably, before anything acts on it;
-5. `_finish` again: the core decides (engine/search/evolution.py, population.py): keep, discard,
-   confirm a candidate on fresh seeds beside control runs of the baseline made at the same time,
-   promote it into the baseline when it beats them beyond the noise, reseed a lagging island;
-   the branches follow. A promoted winner's knobs are then tuned (engine/tuning/refiner.py).
+4. `_finish`: the ledger (engine/search/ledger.py) appends its result to the results store,
+   durably, before anything acts on it;
+5. then the core decides (engine/search/evolution.py, population.py): keep, discard, confirm a
+   candidate on fresh seeds beside control runs of the baseline made at the same time, promote
+   it into the baseline when it beats them beyond the noise, reseed a lagging island; the
+   ledger has the recorder write what it decided, and the branches follow. A promoted winner's
+   knobs are then tuned (`_tune`, engine/tuning/refiner.py), its trials finished the same way.
 
 `Search.resume` replays the stored results through the same core, then queues again what never
 finished (engine/search/replay.py).
@@ -26,23 +28,24 @@ import functools
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 
-from engine.experiment.records import Experiment, ExperimentResult, Job, Outcome, Result, Status
+from engine.experiment.records import Experiment, ExperimentResult, Job, Outcome
 from engine.experiment.task import Task
 from engine.protocol import Agent
 from engine.rundir.layout import RunDir, RunDirUnwritable
 from engine.rundir.recorder import Recorder
 from engine.rundir.repo import GitError
 from engine.search.evolution import Evolution
+from engine.search.ledger import Ledger
 from engine.search.limits import Limits, Stop
 from engine.search.members import Member
 from engine.search.options import SearchOptions
 from engine.search.pool import GpuPool
-from engine.search.proposers import Proposed, Proposers
+from engine.search.proposers import Proposers
 from engine.search.ray_pool import RayPool
-from engine.tuning.refiner import Refiner, Trial
+from engine.search.replay import resume
+from engine.tuning.refiner import Refiner
 from engine.views.summary import Summary
 
 log = logging.getLogger("autoresearch")
@@ -70,14 +73,12 @@ class Search:
         self.run_name = self.run_dir.name
         self.budget_s = options.budget_s or self.spec.time_budget_s
         self.state = Summary(started_at=clock(), holdout_key=self.spec.holdout)
-        if start is None:  # a new run
-            repo, start = self.run_dir.create_repo(task.files, f"start: {task.path.name}",
-                                                   history_from=task.path)
-        else:
-            repo = self.run_dir.repo()
+        repo, start = self.run_dir.open_repo(task.path, task.files, start)
         self.recorder = recorder(self.run_dir, repo, self.spec)
         self.core = Evolution(self.spec, Member(start, dict(task.files), []), options,
                               self.run_name, self.recorder.merge)
+        self.ledger = Ledger(self.core, self.recorder, self.state, self.run_name, self.budget_s,
+                             self._checkpoint)
         self.limits = Limits(options)
         self.refiner = Refiner(self.run_dir, self.spec, options, self.budget_s, run)
         self._make_pool = pool or functools.partial(RayPool, self.spec.gpus_per_experiment)
@@ -86,20 +87,13 @@ class Search:
         self._draining = False  # a limit was reached: start nothing new
         self._proposers: Proposers | None = None
         if not self.run_dir.holds_run:
-            self.recorder.start(options.agents, start, {
-                "run": self.run_name, "task": str(task.path.resolve()), "start_commit": start,
-                "created": self.state.started_at, "options": asdict(options),
-                "budget_s": self.budget_s, "objective": asdict(self.spec.objective),
-                "not_enforced": list(self.spec.not_enforced)})
+            self.recorder.start(task.path, options, start, self.state.started_at, self.budget_s)
             self.recorder.journal(self.core.noise_runs())
 
-    @classmethod
-    def resume(cls, task: Task, run_dir: Path, options: SearchOptions, agents: list[Agent],
-               run: RunFunction | None = None, *, write: bool = True, **kwargs) -> Search:
-        """Reopen the stopped search in `run_dir` (engine/search/replay.py); with `write=False`
-        nothing is changed on disk and `problems` lists what a resume would repair."""
-        from engine.search.replay import resume
-        return resume(cls, task, run_dir, options, agents, run, write=write, **kwargs)
+    # Reopen the stopped search in a run dir: Search.resume(task, run_dir, options, agents, run,
+    # write=...); with write=False nothing is changed on disk and `problems` lists what a resume
+    # would repair.
+    resume = classmethod(resume)
 
     # What a caller (the CLI, the live view, tests) reads of the search.
     population = property(lambda self: self.core.population)
@@ -130,8 +124,7 @@ class Search:
                 wait_from = time.monotonic()
                 outcomes = self.pool.wait(timeout_s=0.05)
                 waited_s = time.monotonic() - wait_from
-                for experiment, outcome in outcomes:
-                    self._finish(experiment, outcome)
+                self._finish(outcomes)
                 self.state.tick(slots, self.clock(), time.monotonic() - turn_from - waited_s,
                                 self._progress() != before)
                 if on_tick:
@@ -181,22 +174,10 @@ class Search:
 
     def _admit(self) -> None:
         for done in self._proposers.finished():
-            experiment = self._admitted(done)
+            experiment = self.ledger.admit(done)  # a refusal is recorded there
             if experiment is not None:
                 self.recorder.commit(experiment, done.parent.files)
                 self.recorder.journal(self.core.enqueue(experiment))
-
-    def _admitted(self, done: Proposed) -> Experiment | None:
-        """The experiment the core makes of a finished proposal; None when it refuses it, and
-        the refusal is recorded (`rejected`) with what the proposal cost."""
-        experiment, refusal = self.core.admit(done.island, done.parent, done.proposal, done.agent,
-                                              done.strategy, done.model)
-        self.state.spent_usd += experiment.cost_usd
-        if refusal is None:
-            return experiment
-        self.core.tell(self._record(experiment, None, status=Status.REJECTED, message=refusal),
-                       experiment)
-        return None
 
     # -- 3: dispatch ---------------------------------------------------------------------------
 
@@ -214,63 +195,30 @@ class Search:
 
     def _tune(self, slots: int, threads: int) -> None:
         for trial in self.refiner.tend(self.core, slots, threads, self._draining):
-            self._finish_trial(trial)
+            self.ledger.finish_trial(trial)
 
     # -- 4 and 5: results ----------------------------------------------------------------------
 
-    def _finish(self, experiment: Experiment, outcome: Outcome | Exception | None,
-                **columns) -> None:
-        """Record the result durably, then let the core decide, then move the branches."""
-        told = self.core.tell(self._record(experiment, outcome, **columns), experiment)
-        for made, parent_files in told.new_code:
-            self.recorder.commit(made, parent_files)
-        self.recorder.journal(told.queued)
-        for decision in told.decisions:
-            if decision.kind in ("advance", "reseed"):
-                self.recorder.move_island(decision.island, decision.member.commit)
-        self._write_derived()
+    def _finish(self, outcomes: list[tuple[Experiment, Outcome | Exception | None]]) -> None:
+        for experiment, outcome in outcomes:
+            self.ledger.finish(experiment, outcome)
 
-    def _finish_trial(self, trial: Trial) -> None:
-        """A trial is an experiment like any other: a commit, a row, a note, a judgement."""
-        if trial.experiment.files != trial.tuned.files:
-            self.recorder.commit(trial.experiment, trial.tuned.files)
-        self._finish(trial.experiment, trial.outcome, **trial.columns)
-
-    def _record(self, experiment: Experiment, outcome: Outcome | Exception | None,
-                **columns) -> Result:
-        result = Result.of(experiment, outcome, run=self.run_name, budget_s=self.budget_s,
-                           **columns)
-        self.recorder.record(result)
-        self.state.add(result)
-        return result
-
-    # -- the run dir ---------------------------------------------------------------------------
+    # -- the stop ------------------------------------------------------------------------------
 
     def _stop(self, writable: bool = True) -> None:
-        """Record what was in flight as interrupted (experiments, and the proposals that come
-        back within a few seconds, with what they cost), and write everything (what still can
-        be written, when the run dir failed)."""
+        """Record what was in flight as interrupted (unfinished tuning trials rerun on resume),
+        and write everything (what still can be written, when the run dir failed)."""
         late = self._proposers.close()
-        trials = self.refiner.stop(self.core)  # unfinished trials rerun on resume
+        trials = self.refiner.stop(self.core)
         in_flight = self.pool.cancel_all()
         self.state.running = []
         if writable:
-            for experiment in in_flight:
-                self._record(experiment, None, status=Status.INTERRUPTED,
-                             message="the search stopped while it ran")
-            for done in late:  # paid for, so recorded; a resume's agents propose afresh
-                experiment = self._admitted(done)
-                if experiment is not None:
-                    self._record(experiment, None, status=Status.INTERRUPTED,
-                                 message="the search stopped before it could run")
-            for trial in trials:
-                self._finish_trial(trial)
-            self._write_derived(now=True)
+            self.ledger.interrupted(in_flight, late, trials)
+            self.ledger.write_derived(now=True)
         self.recorder.close()
 
-    def _write_derived(self, now: bool = False) -> None:
+    def _checkpoint(self) -> dict:
         refinement = self.refiner.refinement
-        self.recorder.write_derived(lambda: {
-            "run": self.run_name, "ended": self.ended,
-            "tuning": refinement.name if refinement else None,
-            **self.core.to_dict(), **self.state.to_dict()}, lambda: self.population.kept, now=now)
+        return {"run": self.run_name, "ended": self.ended,
+                "tuning": refinement.name if refinement else None,
+                **self.core.to_dict(), **self.state.to_dict()}

@@ -98,9 +98,14 @@ class RunDir:
         """The results as a reader other than the driver sees them (see store.read_rows)."""
         return read_rows(self.results_path)
 
-    def create_repo(self, files: dict[str, str], message: str,
-                    history_from: Path | None = None) -> tuple[RunRepo, str]:
-        return RunRepo.create(self.repo_path, files, message, history_from=history_from)
+    def open_repo(self, task_path: Path, files: dict[str, str],
+                  start: str | None) -> tuple[RunRepo, str]:
+        """The run's repository and its starting commit: made from the task's files (and the
+        history of the task's own repository) for a new run, `start` None."""
+        if start is not None:
+            return self.repo(), start
+        return RunRepo.create(self.repo_path, files, f"start: {task_path.name}",
+                              history_from=task_path)
 
     def repo(self) -> RunRepo:
         return RunRepo(self.repo_path)

@@ -8,6 +8,8 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
 
 from engine.experiment.records import Experiment, Result, metric_columns
 from engine.experiment.spec import Spec
@@ -15,6 +17,7 @@ from engine.rundir.branches import Branches
 from engine.rundir.layout import RunDir
 from engine.rundir.repo import RunRepo
 from engine.search.members import Member
+from engine.search.options import SearchOptions
 from engine.search.population import Population
 
 log = logging.getLogger("autoresearch")
@@ -28,7 +31,8 @@ PACK_EVERY = 2000  # experiments between two packings of the run's git objects
 
 class Recorder:
     def __init__(self, run_dir: RunDir, repo: RunRepo, spec: Spec) -> None:
-        self.run_dir, self.repo, self.metric = run_dir, repo, spec.objective.metric
+        self.run_dir, self.repo, self.spec = run_dir, repo, spec
+        self.metric = spec.objective.metric
         self.store = run_dir.store(metric_columns(spec))
         self.branches = Branches(repo, run_dir.name, self.metric)
         self.problems: list[str] = []  # what a resume found inconsistent (and repaired)
@@ -86,10 +90,15 @@ class Recorder:
         """After a replay: move the branches and add the notes the results call for."""
         self.problems += self.branches.reconcile(population, results, write=True)
 
-    def start(self, islands: int, commit: str, info: dict) -> None:
-        """A new run: every branch at the starting code, and run.json."""
-        self.branches.start(islands, commit)
-        self.run_dir.write_info(info)
+    def start(self, task_path: Path, options: SearchOptions, commit: str, created: float,
+              budget_s: float) -> None:
+        """A new run: every branch at the starting code, and run.json (what a resume needs)."""
+        self.branches.start(options.agents, commit)
+        self.run_dir.write_info({
+            "run": self.run_dir.name, "task": str(task_path.resolve()), "start_commit": commit,
+            "created": created, "options": asdict(options), "budget_s": budget_s,
+            "objective": asdict(self.spec.objective),
+            "not_enforced": list(self.spec.not_enforced)})
 
     def write_derived(self, checkpoint: Callable[[], dict], kept: Callable[[], set[str]],
                       now: bool = False) -> None:

@@ -20,9 +20,11 @@ from engine.rundir.recorder import DryRecorder, Recorder
 log = logging.getLogger("autoresearch")
 
 
-def resume(search_class, task: Task, run_dir: Path, options, agents, run, *, write: bool,
-           **kwargs):
-    """A `search_class` search reopened from `run_dir` (see Search.resume)."""
+def resume(search_class, task: Task, run_dir: Path, options, agents, run=None, *,
+           write: bool = True, **kwargs):
+    """The stopped search in `run_dir` reopened as a `search_class` (engine/driver.py's Search);
+    with `write=False` nothing is changed on disk and `problems` lists what a resume would
+    repair."""
     folder = RunDir(run_dir)
     info = folder.read_info()
     search = search_class(task, run_dir, options, agents, run, start=info["start_commit"],

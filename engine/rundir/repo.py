@@ -5,9 +5,11 @@ reporting and reproducing a run need nothing but that directory. The user's own 
 only read (its history is fetched from it when the run starts) or, when asked, given the run's
 branches by `export`; its working tree, HEAD and other branches are never touched.
 
-Commits are made with plumbing (hash-object, update-index, write-tree, commit-tree) against a
-temporary index and no working tree: the driver makes one commit per experiment, and this way a
-commit is five short git processes (about 11 ms on a 2-core machine).
+Commits are made in-process with libgit2 (pygit2): blobs, an in-memory index over the parent's
+tree, its tree and the commit, about 1 ms, where the same plumbing as git processes (hash-object,
+update-index, write-tree, commit-tree and ls-tree) took 11 ms on an idle 2-core machine and 30 on
+a busy one; the driver makes one commit per experiment. Everything else (notes, branches,
+fetching, packing, reading) is done by git itself, on the same repository.
 
 File contents are text, stored as UTF-8; bytes that are not UTF-8 (in a task's history, say)
 come back from `files_at` through `surrogateescape` and are stored again unchanged.
@@ -15,12 +17,15 @@ come back from `files_at` through `surrogateescape` and are stored again unchang
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
 import subprocess
-import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+
+import pygit2
 
 BRANCH_PREFIX = "autoresearch"
 NOTES_REF = "refs/notes/commits"
@@ -40,6 +45,8 @@ _REPOSITORY_VARIABLES = frozenset({
     "GIT_PREFIX", "GIT_INTERNAL_SUPER_PREFIX", "GIT_SHALLOW_FILE", "GIT_COMMON_DIR",
 })
 _REGULAR_MODES = (b"100644", b"100755")
+_SIGNATURE = (IDENTITY["GIT_AUTHOR_NAME"], IDENTITY["GIT_AUTHOR_EMAIL"])
+_EXECUTABLE = pygit2.enums.FileMode.BLOB_EXECUTABLE
 
 
 class GitError(RuntimeError):
@@ -60,6 +67,7 @@ class RunRepo:
         if not self.path.is_dir():
             raise GitError(f"{self.path} is not a run repository: no such folder")
         self._git("rev-parse", "--git-dir")
+        self._objects = pygit2.Repository(str(self.path))  # where commits are made
 
     @classmethod
     def create(cls, path: Path, files: dict[str, str], message: str,
@@ -107,7 +115,7 @@ class RunRepo:
     def merge_commit(self, tree_of: str, parents: list[str], message: str) -> str:
         """A commit with the tree of commit `tree_of` and the given parents (used for promotion:
         the winner's tree on top of the baseline, parents [baseline head, winner])."""
-        return self._commit_tree(f"{tree_of}^{{tree}}", parents, message)
+        return self._commit_tree(tree_of, parents, message)
 
     def set_branch(self, name: str, sha: str) -> None:
         """Point branch `name` at commit `sha`, creating it or moving it wherever it was."""
@@ -219,27 +227,19 @@ class RunRepo:
 
     def _tree(self, base: str | None, changes: dict[str, str]) -> str:
         """The tree of commit `base` (or the empty tree) with `changes` written over it."""
-        entries = self._entries(base) if base is not None else {}
-        paths = [_checked_path(name) for name in changes]
-        with tempfile.TemporaryDirectory(prefix="autoresearch-git-") as tmp:
-            blobs = []
-            for number, text in enumerate(changes.values()):
-                blob = Path(tmp, f"blob-{number}")
-                blob.write_bytes(_encode(text))
-                blobs.append(str(blob))
-            # One process for every blob; --no-filters stores the bytes as given, whatever
-            # .gitattributes say.
-            hashed = self._git("hash-object", "-w", "--no-filters", "--stdin-paths",
-                               input="\n".join(blobs).encode())
-            for path, oid in zip(paths, hashed.stdout.split(), strict=True):
+        for name in changes:
+            _checked_path(name)
+        with self._libgit2(f"writing the tree of {len(changes)} changed files on {base}"):
+            index = pygit2.Index()  # in memory: no file, no working tree
+            if base is not None:
+                index.read_tree(self._objects.revparse_single(base).peel(pygit2.Tree))
+            for name, text in changes.items():
                 # An executable file stays executable; anything else becomes a regular file.
-                executable = path in entries and entries[path][0] == b"100755"
-                entries[path] = (b"100755" if executable else b"100644", oid)
-            index = {"GIT_INDEX_FILE": str(Path(tmp, "index"))}
-            self._git("update-index", "-z", "--index-info", env=index, input=b"".join(
-                mode + b" " + oid + b"\t" + path + b"\0" for path, (mode, oid) in entries.items()
-            ))
-            return self._git("write-tree", env=index).stdout.decode().strip()
+                # The blob holds the bytes as given, whatever .gitattributes say.
+                mode = (_EXECUTABLE if name in index and index[name].mode == _EXECUTABLE
+                        else pygit2.enums.FileMode.BLOB)
+                index.add(pygit2.IndexEntry(name, self._objects.create_blob(_encode(text)), mode))
+            return str(index.write_tree(self._objects))
 
     def _entries(self, sha: str) -> dict[bytes, tuple[bytes, bytes]]:
         """Every entry of a commit's tree, subtrees flattened: path -> (mode, object)."""
@@ -252,12 +252,25 @@ class RunRepo:
         return entries
 
     def _commit_tree(self, tree: str, parents: list[str], message: str) -> str:
-        # --no-gpg-sign: a user's commit.gpgSign would otherwise sign (and prompt) every commit.
-        args = ["commit-tree", "--no-gpg-sign", "-F", "-"]
-        for parent in parents:
-            args += ["-p", parent]
-        message = message.rstrip() + "\n"
-        return self._git(*args, tree, input=_encode(message)).stdout.decode().strip()
+        # Never signed (a user's commit.gpgSign is not read), and no hook runs.
+        signature = pygit2.Signature(*_SIGNATURE)
+        with self._libgit2(f"committing {message.splitlines()[0] if message else ''!r}"):
+            return str(self._objects.create_commit(
+                None, signature, signature, _encode(message.rstrip() + "\n"),
+                self._objects.revparse_single(tree).peel(pygit2.Tree).id,
+                [self._objects.revparse_single(parent).peel(pygit2.Commit).id
+                 for parent in parents]))
+
+    @contextlib.contextmanager
+    def _libgit2(self, what: str) -> Iterator[None]:
+        """libgit2's errors as this module's: a GitError naming the work, or the OSError of a
+        full disk as it is."""
+        try:
+            yield
+        except OSError:
+            raise
+        except (pygit2.GitError, KeyError, ValueError) as error:
+            raise GitError(f"{what} in {self.path} failed: {error}") from error
 
     def _git(self, *args: str, input: bytes | None = None, env: dict[str, str] | None = None,
              ok: tuple[int, ...] = (0,)) -> subprocess.CompletedProcess[bytes]:

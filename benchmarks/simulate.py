@@ -212,8 +212,8 @@ class SimulatedPool:
         self.clock, self.landscape, self.rng = clock, landscape, rng
         self.free = {FAST: gpus - slow, SLOW: slow}
         self.slots = gpus
-        self._running: dict[int, tuple[object, str, Outcome]] = {}
-        self._tags: list[object] | None = []  # what `running` returns, until the next change
+        self._running: dict[int, tuple[str, Outcome]] = {}  # job -> its GPU model, its outcome
+        self._tags: dict[int, object] = {}  # job -> its tag, in the order the jobs started
         self._ends: list[tuple[float, int]] = []
         self._next = 0
 
@@ -233,34 +233,32 @@ class SimulatedPool:
         finished = started + TRAINING_S + self.rng.uniform(*OVERHEAD_S)
         result = ExperimentResult(Status.OK, score, {"val_bpb": score}, seed=job.seed,
                                   budget_s=job.budget_s, train_wall_s=finished - started)
-        self._running[self._next] = (tag, model, Outcome(result, started, finished,
-                                                         accelerator=model))
+        self._running[self._next] = (model, Outcome(result, started, finished,
+                                                    accelerator=model))
+        self._tags[self._next] = tag
         heapq.heappush(self._ends, (finished, self._next))
         self.clock.wake_at(finished)
         self._next += 1
-        self._tags = None
 
     @property
     def running(self) -> list[object]:
-        if self._tags is None:
-            self._tags = [tag for tag, _, _ in self._running.values()]
-        return self._tags
+        return list(self._tags.values())
 
     def wait(self, timeout_s: float) -> list[tuple[object, Outcome | Exception]]:
         self.clock.advance(timeout_s)
         ended = []
         while self._ends and self._ends[0][0] <= self.clock():
-            tag, model, outcome = self._running.pop(heapq.heappop(self._ends)[1])
+            job = heapq.heappop(self._ends)[1]
+            model, outcome = self._running.pop(job)
             self.free[model] += 1
-            ended.append((tag, outcome))
-            self._tags = None
+            ended.append((self._tags.pop(job), outcome))
         return ended
 
     def cancel_all(self) -> list[object]:
         tags = self.running
         self._running.clear()
+        self._tags.clear()
         self._ends.clear()
-        self._tags = []
         return tags
 
 

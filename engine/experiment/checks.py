@@ -114,60 +114,79 @@ def changes_only_randomness(parent: dict[str, str], child: dict[str, str]) -> bo
         # Most changes touch no statement with anything random in it: no need to take randomness
         # out of both trees (tens of ms on the bundled train.py) to see that.
         touching = before.random_names | after.random_names
-        removed = Counter(before.statements) - Counter(after.statements)
-        added = Counter(after.statements) - Counter(before.statements)
-        if not any(_touches(statement, touching) for code, dumps in
+        removed = Counter(before.dumps) - Counter(after.dumps)
+        added = Counter(after.dumps) - Counter(before.dumps)
+        if not any(statement.touches(touching) for code, dumps in
                    ((before, removed), (after, added))
-                   for statement, dump in zip(code.tree.body, code.statements, strict=True)
-                   if dump in dumps):
+                   for statement in code.statements if statement.dump in dumps):
             return False
         if _random_free(parent[name]) != _random_free(child[name]):
             return False
     return differs
 
 
+@dataclass(frozen=True, slots=True)
+class _Statement:
+    """What the checks read of one top-level statement of a normalised syntax tree."""
+
+    dump: str
+    seeding: frozenset[str]  # the names read in the arguments of its seeders and generators
+    names: frozenset[str]  # every name it mentions
+    calls_random: bool  # whether it calls a random API (`_RANDOM`)
+
+    def touches(self, names: frozenset[str]) -> bool:
+        """Whether it calls a random API or mentions one of `names`."""
+        return self.calls_random or not self.names.isdisjoint(names)
+
+
 @dataclass(frozen=True)
 class _Code:
-    """A Python file's normalised syntax tree and what the checks read of it."""
+    """A Python file's normalised syntax tree, as the checks read it. The tree itself is not
+    kept: the garbage collector walked the nodes of every cached tree again and again, a fifth
+    of the time of a 256-GPU simulated search (benchmarks/simulate.py)."""
 
-    tree: ast.Module  # never changed: _random_free parses its own
-    statements: tuple[str, ...]  # the dump of each top-level statement
+    statements: tuple[_Statement, ...]  # its top-level statements
+    dumps: tuple[str, ...]  # the statements' dumps, which every check reads
     random_names: frozenset[str]  # the random APIs, and every name read where randomness is seeded
 
     @property
     def canonical(self) -> str:
-        return "\n".join(self.statements)
+        return "\n".join(self.dumps)
 
 
-@lru_cache(maxsize=64)
+# A parent is read again for each of its children, and a search proposes on the parents of all
+# its islands in turn: with 64 entries, a 256-GPU simulated search (benchmarks/simulate.py) missed
+# a third of its lookups, half of those for code analysed before.
+@lru_cache(maxsize=1024)
 def _code(source: str) -> _Code | None:
-    """`source` analysed once (a parent is read again for each of its children); None when it
-    does not parse."""
+    """`source` analysed once; None when it does not parse."""
     try:
         tree = _normalised(source)
     except (SyntaxError, ValueError):
         return None
-    analysed = _analysed(source, tree)
-    seeding = set().union(*(names for _, names in analysed))
+    statements = _analysed(source, tree)
+    seeding = set().union(*(statement.seeding for statement in statements))
     # and the names the values of those names read (`MY_SEED = BASE + SEED`), and so on
-    while grown := {node.id for statement in tree.body if _assigned_names(statement) & seeding
-                    and getattr(statement, "value", None) is not None
-                    for node in ast.walk(statement.value)
-                    if isinstance(node, ast.Name)} - seeding:
+    while seeding and (grown := {node.id for statement in tree.body
+                                 if _assigned_names(statement) & seeding
+                                 and getattr(statement, "value", None) is not None
+                                 for node in ast.walk(statement.value)
+                                 if isinstance(node, ast.Name)} - seeding):
         seeding |= grown
-    return _Code(tree, tuple(dump for dump, _ in analysed), frozenset(_RANDOM | seeding))
+    return _Code(statements, tuple(statement.dump for statement in statements),
+                 frozenset(_RANDOM | seeding))
 
 
-# A statement's text and columns -> its dump, and the names read in its seeding arguments
-_ANALYSED: dict[tuple[str, int, int], tuple[str, frozenset[str]]] = {}
+# A statement's text and columns -> what the checks read of it
+_ANALYSED: dict[tuple[str, int, int], _Statement] = {}
 _ANALYSED_KEPT = 100_000
 
 
-def _analysed(source: str, tree: ast.Module) -> tuple[tuple[str, frozenset[str]], ...]:
-    """Each top-level statement of `source`'s normalised tree: its dump, and the names read in
-    the arguments of its seed-setting calls and generators. A child shares all but a few
-    statements with its parent, and walking and dumping them was most of the cost of admitting
-    it, so each is looked up by its lines and columns first (two statements may share a line)."""
+def _analysed(source: str, tree: ast.Module) -> tuple[_Statement, ...]:
+    """Each top-level statement of `source`'s normalised tree, analysed. A child shares all but
+    a few statements with its parent, and walking and dumping them was most of the cost of
+    admitting it, so each is looked up by its lines and columns first (two statements may share
+    a line)."""
     if len(_ANALYSED) > _ANALYSED_KEPT:
         _ANALYSED.clear()
     lines = io.StringIO(source, newline="").readlines()  # split where ast splits lines
@@ -182,15 +201,13 @@ def _analysed(source: str, tree: ast.Module) -> tuple[tuple[str, frozenset[str]]
             seeding = (frozenset(node.id for node in _in_seeding_arguments(statement)
                                  if isinstance(node, ast.Name))
                        if any(name in text for name in _SEEDERS | _GENERATORS) else frozenset())
-            _ANALYSED[key] = (ast.dump(statement), seeding)
+            nodes = list(ast.walk(statement))
+            _ANALYSED[key] = _Statement(
+                ast.dump(statement), seeding,
+                frozenset(node.id for node in nodes if isinstance(node, ast.Name)),
+                any(_called(node) in _RANDOM for node in nodes))
         analysed.append(_ANALYSED[key])
     return tuple(analysed)
-
-
-def _touches(statement: ast.stmt, names: frozenset[str]) -> bool:
-    """Whether a statement calls a random API or mentions a name that seeds randomness."""
-    return any(_called(node) in _RANDOM or (isinstance(node, ast.Name) and node.id in names)
-               for node in ast.walk(statement))
 
 
 @lru_cache(maxsize=64)

@@ -66,6 +66,8 @@ class Proposers:
         """Start agents while fewer than `wanted` proposals are queued or in flight: one call
         per island at a time, none for an island backing off; each time a free island drawn at
         random, or by the bandit where their strategies or models differ."""
+        if len(core.queue) + len(self._calls) >= wanted:
+            return  # nothing to start (3 turns of the loop in 5): no need to list the free islands
         now = self._clock()
         free = [choice for island, choice in enumerate(self._choices)
                 if island not in self._calls and now >= self._resume_at.get(island, 0)]

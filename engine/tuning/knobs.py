@@ -134,7 +134,9 @@ def describe_tuning(old: Mapping[str, Value], new: Mapping[str, Value]) -> str:
     return "tune: " + (", ".join(changes) if changes else "no knob changed")
 
 
-@lru_cache(maxsize=256)
+# A search reads the parents of all its islands in turn: 256 entries missed 3,500 times in a
+# 256-GPU simulated search (benchmarks/simulate.py), whose islands had 1,658 parents.
+@lru_cache(maxsize=1024)
 def _file_knobs(path: str, source: str, *, qualify: bool) -> tuple[Knob, ...]:
     """The knobs of one file (read once per text: the proposers and the checks of a search read
     the same parents again and again)."""

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from engine.experiment.records import Experiment, ExperimentResult, Job, Outcome
+from engine.experiment.records import Experiment, Job, Outcome
 from engine.experiment.task import Task
 from engine.protocol import Agent
 from engine.rundir.layout import RunDir, RunDirUnwritable
@@ -43,15 +43,12 @@ from engine.search.members import Member
 from engine.search.options import SearchOptions
 from engine.search.pool import GpuPool
 from engine.search.proposers import Proposers
-from engine.search.ray_pool import RayPool
+from engine.search.ray_pool import RayPool, RunFunction
 from engine.search.replay import resume
 from engine.tuning.refiner import Refiner
 from engine.views.summary import Summary
 
 log = logging.getLogger("autoresearch")
-
-RunFunction = Callable[..., ExperimentResult]
-
 
 class Search:
     """One search run. `Search(...)` starts a new one; `Search.resume(...)` reopens a stopped one.
@@ -90,10 +87,7 @@ class Search:
             self.recorder.start(task.path, options, start, self.state.started_at, self.budget_s)
             self.recorder.journal(self.core.noise_runs())
 
-    # Reopen the stopped search in a run dir: Search.resume(task, run_dir, options, agents, run,
-    # write=...); with write=False nothing is changed on disk and `problems` lists what a resume
-    # would repair.
-    resume = classmethod(resume)
+    resume = classmethod(resume)  # engine/search/replay.py
 
     # What a caller (the CLI, the live view, tests) reads of the search.
     population = property(lambda self: self.core.population)

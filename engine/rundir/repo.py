@@ -263,12 +263,10 @@ class RunRepo:
 
     @contextlib.contextmanager
     def _libgit2(self, what: str) -> Iterator[None]:
-        """libgit2's errors as this module's: a GitError naming the work, or the OSError of a
-        full disk as it is."""
+        """libgit2's errors as this module's: a GitError naming the work. (A failed write, a full
+        disk's, comes from pygit2 as an OSError and stays one.)"""
         try:
             yield
-        except OSError:
-            raise
         except (pygit2.GitError, KeyError, ValueError) as error:
             raise GitError(f"{what} in {self.path} failed: {error}") from error
 

@@ -57,8 +57,6 @@ class Ledger:
         """What a stop cut short: the experiments that were running, the proposals that came
         back as it stopped (paid for, so recorded; a resume's agents propose afresh), and the
         tuning trials that ended as it stopped (those that did not rerun on resume)."""
-        for trial in trials:
-            self.finish_trial(trial)
         for experiment in in_flight:
             self.record(experiment, None, status=Status.INTERRUPTED,
                         message="the search stopped while it ran")
@@ -67,6 +65,8 @@ class Ledger:
             if experiment is not None:
                 self.record(experiment, None, status=Status.INTERRUPTED,
                             message="the search stopped before it could run")
+        for trial in trials:
+            self.finish_trial(trial)
 
     def record(self, experiment: Experiment, outcome: Outcome | Exception | None,
                **columns) -> Result:

@@ -26,8 +26,10 @@ def test_a_tuned_setting_runs_beside_the_agents_is_committed_confirmed_and_promo
         "LEARNING_RATE = 1e-4", "LEARNING_RATE = 1e-4  # tune: 1e-4..1e-2 log")
     task = dataclasses.replace(slow_start_task, files={**slow_start_task.files,
                                                        "train.py": source})
-    options = SearchOptions(agents=2, budget_s=1.0, max_experiments=80, seed=2, tune_trials=6,
-                            tune_every=2, tune_share=0.5)
+    # The offline agents have one knob to move: they may run out of changes never proposed
+    # before (their calls then fail, and back off) before 80 experiments; the clock ends it then.
+    options = SearchOptions(agents=2, budget_s=1.0, max_experiments=80, hours=1.5 / 60, seed=2,
+                            tune_trials=6, tune_every=2, tune_share=0.5)
     search = Search(task, tmp_path / "run", options, make_agents("offline", 2, 2),
                     run=null_experiment)
     search.run()

@@ -1,12 +1,12 @@
-"""The Ray Tune glue of knob tuning, on both sides: the Tune run a refinement drives
-(engine/tuning/refinement.py), and the trial Tune runs on a worker.
+"""The Ray Tune glue of knob tuning, on both sides: the Tune run a refinement drives (in its own
+actor, engine/tuning/tune_run.py), and the trial Tune runs on a worker.
 
-The driver's side: Optuna's TPE (`OptunaSearch`) whose first trial is the member's own values, its
+The run's side: Optuna's TPE (`OptunaSearch`) whose first trial is the member's own values, its
 study kept in a journal file in the refinement's folder; ASHA, which stops a trial whose training
 loss, at the same number of training seconds, is worse than most trials' before it (the harness
 has no validation loss mid-training, so ASHA reads the training loss train.py reports, smoothed:
 that number comes from the candidate's own process and can decide when a trial is cut, never its
-score); a callback that tells the refinement when trials start and end.
+score); a callback that tells the run's state when trials start and end.
 
 The trial's side: a trial's Tune actor writes its values into the member's files (only the
 literals change) and trains them as a Ray task like a mutation experiment's (one GPU, a warm
@@ -44,7 +44,7 @@ from engine.tuning.trial_task import TRAINING
 log = logging.getLogger("autoresearch")
 
 if TYPE_CHECKING:
-    from engine.tuning.refinement import Refinement
+    from engine.tuning.tune_run import TuneRun
 
 FIRST_RUNG = 0.25  # ASHA's first decision, as a share of the budget
 REDUCTION_FACTOR = 3  # ASHA keeps the best third at each rung
@@ -52,22 +52,22 @@ MAX_FAILURES = 2  # Tune's retries of a trial whose worker died
 # A trial's actor only waits on its training task (which holds the GPU): it asks for no CPU or GPU.
 # Tune wants a resource in every request; one byte of memory is one that every node has.
 ACTOR_RESOURCES = {"cpu": 0, "memory": 1}
-# Read by Tune in this process when a run starts. Tune's strict check wants every report to
+# Read by Tune in the process of a run when it starts. Tune's strict check wants every report to
 # carry the objective, which only a trial's last report has. Tune snapshots its state every
 # second rather than every ten, so that a stop or crash rarely loses track of a trial. Tune's
 # newer console output ignores verbose=0; the driver has its own live view. Tune's own loggers
 # (CSV, JSON, TensorBoard) go: the results store has every trial, and the TensorBoard one alone
-# spent 8 s of the driver's interpreter importing tensorboardX when a first tuning began
-# (measured at 64 logical GPUs, benchmarks/utilization.py). With a searcher, Tune starts one trial
-# actor at a time (each a fresh process, seconds apart on a busy head): every trial it may run at
-# once is started together instead (the concurrency bounds them).
+# spent 8 s of the interpreter importing tensorboardX when a first tuning began (measured at 64
+# logical GPUs, benchmarks/utilization.py, when Tune ran in the driver's process). With a
+# searcher, Tune starts one trial actor at a time (each a fresh process, seconds apart on a busy
+# head): every trial it may run at once is started together instead (the concurrency bounds them).
 TUNE_ENVIRONMENT = {"TUNE_DISABLE_STRICT_METRIC_CHECKING": "1", "TUNE_GLOBAL_CHECKPOINT_S": "1",
                     "RAY_AIR_NEW_OUTPUT": "0", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
                     "TUNE_MAX_PENDING_TRIALS_PG": "1024"}
 
 # Tune pickles its callbacks and its searcher into the run dir; what they hold is only the key
-# to the live refinement of this process that they report to.
-_LIVE: dict[str, Refinement] = {}
+# to the live run of this process that they report to.
+_LIVE: dict[str, TuneRun] = {}
 
 
 # Without its own loggers' files, Tune's summary of a finished run (`fit`'s ResultGrid, which
@@ -84,47 +84,50 @@ def prepare() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def fit(refinement: Refinement) -> None:
-    """Run (or resume) the refinement's Tune run to its end, reporting to it."""
-    _LIVE[str(refinement.path)] = refinement
+def resumable(path: Path) -> bool:
+    """Whether `path` holds a Tune run to resume."""
+    return tune.Tuner.can_restore(str(path))
+
+
+def fit(run: TuneRun) -> None:
+    """Run (or resume) the Tune run of `run.plan` to its end, reporting to `run`."""
+    _LIVE[str(run.plan.path)] = run
     try:
-        tuner(refinement).fit()
+        tuner(run).fit()
     finally:
-        _LIVE.pop(str(refinement.path), None)
+        _LIVE.pop(str(run.plan.path), None)
 
 
-def tuner(refinement: Refinement) -> tune.Tuner:
-    """The Tune run of `refinement`: new, or restored from its folder."""
+def tuner(run: TuneRun) -> tune.Tuner:
+    """The Tune run of `run.plan`: new, or restored from its folder."""
+    plan = run.plan
     finished = {trial_id: last_report(ended.values, ended.outcome, ended.stopped_early)
-                for trial_id, ended in refinement.ended().items()}
+                for trial_id, ended in run.ended().items()}
     resourced = tune.with_resources(
-        trainable(refinement.job, refinement.name, finished,
-                  _training_options(refinement.gpus_per_trial)),
+        trainable(plan.job, plan.name, finished, _training_options(plan.gpus_per_trial)),
         ACTOR_RESOURCES)
-    if tune.Tuner.can_restore(str(refinement.path)):
-        log.info("tuning %s: resuming its Tune run", refinement.name)
-        return tune.Tuner.restore(str(refinement.path), resourced, resume_errored=True)
-    direction = refinement.spec.objective.direction
+    if resumable(plan.path):
+        return tune.Tuner.restore(str(plan.path), resourced, resume_errored=True)
     search = _KnobSearch(
-        space=_space(refinement.knobs), metric=OBJECTIVE,
-        mode="min" if direction == "minimize" else "max",
-        points_to_evaluate=[dict(refinement.start_values)], sampler=refinement.sampler,
-        study_name=refinement.name, key=str(refinement.path),
-        storage=JournalStorage(JournalFileBackend(str(refinement.path / "optuna.journal"))))
-    budget = refinement.job.budget_s
+        space=_space(plan.knobs), metric=OBJECTIVE,
+        mode="min" if plan.direction == "minimize" else "max",
+        points_to_evaluate=[plan.start_values], sampler=plan.sampler,
+        study_name=plan.name, key=str(plan.path),
+        storage=JournalStorage(JournalFileBackend(str(plan.path / "optuna.journal"))))
+    budget = plan.job.budget_s
     scheduler = (ASHAScheduler(time_attr=SECONDS, metric=LOSS, mode="min", max_t=budget,
                                grace_period=FIRST_RUNG * budget,
                                reduction_factor=REDUCTION_FACTOR)
-                 if refinement.early_stopping else FIFOScheduler())
+                 if plan.early_stopping else FIFOScheduler())
     return tune.Tuner(
         resourced,
         tune_config=tune.TuneConfig(
-            search_alg=search, scheduler=scheduler, num_samples=refinement.trials,
-            max_concurrent_trials=refinement.concurrency, reuse_actors=True,
+            search_alg=search, scheduler=scheduler, num_samples=plan.trials,
+            max_concurrent_trials=plan.concurrency, reuse_actors=True,
             trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(
-            name=refinement.path.name, storage_path=str(refinement.path.parent), verbose=0,
-            callbacks=[_Recorder(str(refinement.path))],
+            name=plan.path.name, storage_path=str(plan.path.parent), verbose=0,
+            callbacks=[_Recorder(str(plan.path))],
             failure_config=tune.FailureConfig(max_failures=MAX_FAILURES)))
 
 def _training_options(gpus_per_trial: int) -> dict:
@@ -138,21 +141,21 @@ def _training_options(gpus_per_trial: int) -> dict:
 
 
 class _Recorder(tune.Callback):
-    """Tells the live refinement when trials start and end, and stops Tune when asked."""
+    """Tells the live run when trials start and end, and stops Tune when asked."""
 
     def __init__(self, key: str) -> None:
         self.key = key
 
     def on_step_begin(self, iteration: int, trials: list, **info) -> None:
-        refinement = _LIVE.get(self.key)
-        if refinement is not None and refinement.stopping:
+        run = _LIVE.get(self.key)
+        if run is not None and run.stopping:
             # Ends the run like a crash would, without marking the trials in flight finished:
             # Tune's last snapshot holds them as running, so a resume runs them again.
             raise _Stopped
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
-        if refinement := _LIVE.get(self.key):
-            refinement.trial_started(trial.trial_id)
+        if run := _LIVE.get(self.key):
+            run.trial_started(trial.trial_id)
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         self._ended(trial, error=False)
@@ -161,22 +164,22 @@ class _Recorder(tune.Callback):
         self._ended(trial, error=True)
 
     def _ended(self, trial, error: bool) -> None:
-        refinement = _LIVE.get(self.key)
-        if refinement is None:
+        run = _LIVE.get(self.key)
+        if run is None:
             return
         last = dict(trial.last_result or {})
-        values = last.get("values") or written_values(refinement.knobs, trial.config)
+        values = last.get("values") or written_values(run.plan.knobs, trial.config)
         detail = None
         if error:
             detail = "no error recorded"
             if trial.error_file and Path(trial.error_file).is_file():
                 lines = Path(trial.error_file).read_text(errors="replace").strip().splitlines()
                 detail = lines[-1] if lines else detail
-        refinement.trial_ended(trial.trial_id, last, values, detail)
+        run.trial_ended(trial.trial_id, last, values, detail)
 
 
 class _Stopped(Exception):
-    """Raised inside Tune's loop to end a run that `Refinement.stop` asked to end."""
+    """Raised inside Tune's loop to end a run that `TuneRun.stop` asked to end."""
 
 
 class _KnobSearch(OptunaSearch):
@@ -196,11 +199,11 @@ class _KnobSearch(OptunaSearch):
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
-        refinement = _LIVE.get(self.key)
-        if refinement is not None and refinement.has_ended(trial_id):
+        run = _LIVE.get(self.key)
+        if run is not None and run.has_ended(trial_id):
             self._completed_trials.add(trial_id)
             return
-        interrupted = (refinement is not None and refinement.stopping
+        interrupted = (run is not None and run.stopping
                        and not (result and OUTCOME in result))
         if not interrupted:
             super().on_trial_complete(trial_id, result, error)

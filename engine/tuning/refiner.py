@@ -9,6 +9,8 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import ray
+
 from engine.experiment.records import Experiment, ExperimentResult, Outcome
 from engine.experiment.spec import Spec
 from engine.rundir.layout import RunDir
@@ -16,7 +18,8 @@ from engine.search.evolution import Evolution
 from engine.search.members import Member
 from engine.search.options import SearchOptions
 from engine.tuning.knobs import describe_tuning
-from engine.tuning.refinement import Refinement, TrialOutcome
+from engine.tuning.refinement import Refinement, start_host
+from engine.tuning.tune_run import TrialOutcome
 
 log = logging.getLogger("autoresearch")
 
@@ -45,6 +48,7 @@ class Refiner:
         self.run_dir, self.spec, self.options, self.budget_s = run_dir, spec, options, budget_s
         self._run = run
         self.refinement: Refinement | None = None  # the tuning running now, if any
+        self._host: ray.actor.ActorHandle | None = None  # the process Tune runs in
 
     @property
     def slots_wanted(self) -> int:
@@ -52,6 +56,8 @@ class Refiner:
 
     def tend(self, core: Evolution, slots: int, threads: int, draining: bool) -> list[Trial]:
         """The trials that ended; then, when none runs and the core wants one, a new tuning."""
+        if self._host is None and self.options.tune_trials and ray.is_initialized():
+            self._host = start_host()  # starting while the first winner is found
         refinement = self.refinement
         if refinement is not None:
             done = refinement.done  # read first: every trial that ended before is drained next
@@ -70,10 +76,14 @@ class Refiner:
 
     def stop(self, core: Evolution) -> list[Trial]:
         """Stop the tuning (unfinished trials rerun on resume); the trials that ended."""
-        if self.refinement is None:
-            return []
-        self.refinement.stop(timeout_s=TUNING_STOP_S)
-        return [self._trial(core, ended) for ended in self.refinement.finished_trials()]
+        trials = []
+        if self.refinement is not None:
+            self.refinement.stop(timeout_s=TUNING_STOP_S)
+            self.refinement.close()
+            trials = [self._trial(core, ended) for ended in self.refinement.finished_trials()]
+        if self._host is not None:
+            ray.kill(self._host)  # and with it what still runs of the tuning
+        return trials
 
     def _start(self, core: Evolution, member: Member, slots: int,
                threads: int) -> Refinement | None:
@@ -89,7 +99,7 @@ class Refiner:
                 budget_s=self.budget_s, grace_s=self.options.grace_s,
                 expected_fingerprint=core.fingerprint, threads=threads,
                 gpus_per_trial=self.spec.gpus_per_experiment, run=self._run,
-                recorded=core.trials_recorded)
+                recorded=core.trials_recorded, host=self._host)
         except ValueError as error:  # no knobs, or an annotation it cannot read
             log.warning("not tuning %s: %s", member.exp_id or "the starting code", error)
             return None

@@ -17,7 +17,8 @@ from pathlib import Path
 
 
 class Journal:
-    """Append-only, one line per experiment; a line cut short by a crash is ignored on reading."""
+    """Append-only, one line per entry (an experiment; a tuning's trial in its ledger,
+    engine/tuning/tune_run.py); a line cut short by a crash is ignored on reading."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)

@@ -88,7 +88,7 @@ class Refinement:
             spec.objective.direction)
         self.name, self.path, self.trials = name, path, trials
         self.start_values: dict[str, Value] = self.plan.start_values
-        self.sign = 1 if spec.objective.direction == "minimize" else -1
+        self.objective = spec.objective
         self.error: Exception | None = None  # what ended Tune, if not the end of its trials
         self._ended = {ended.trial_id: ended for ended in self.plan.ledgered()}
         self._unheard = [ended for ended in self._ended.values() if ended.trial_id not in recorded]
@@ -145,8 +145,7 @@ class Refinement:
 
     def best(self) -> TrialOutcome | None:
         """The trial with the best score so far, if any trial was scored."""
-        scored = [t for t in self._ended.values() if t.objective is not None]
-        return min(scored, key=lambda t: self.sign * t.objective) if scored else None
+        return self.objective.best(self._ended.values(), lambda trial: trial.objective)
 
     def stop(self, timeout_s: float = STOP_WAIT_S) -> None:
         """Stop the Tune run and wait for its trials to end (at most `timeout_s`). Trials in

@@ -19,7 +19,6 @@ per event, not one per turn of its loop.
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ import optuna
 import ray
 
 from engine.experiment.records import ExperimentResult, Job, Outcome, Status
+from engine.rundir.journal import Journal
 from engine.tuning import ray_tune
 from engine.tuning.knobs import Knob, Value, write_knobs
 from engine.tuning.ray_tune import LOSS, OUTCOME, SECONDS
@@ -49,6 +49,11 @@ class TrialOutcome:
         """Its score, when it trained to the end and was scored without fault."""
         result = self.outcome.result
         return result.objective if result.status is Status.OK else None
+
+    def to_entry(self) -> dict:
+        """Its line in the ledger (`TunePlan.ledgered` reads it back)."""
+        return {"trial_id": self.trial_id, "values": self.values,
+                "outcome": self.outcome.to_dict(), "stopped_early": self.stopped_early}
 
 
 @dataclass(frozen=True)
@@ -75,34 +80,16 @@ class TunePlan:
         """The member's files with `values` (label -> value) written into its knobs."""
         return write_knobs(self.files, {knob: values[knob.label] for knob in self.knobs})
 
-    @property
-    def _ledger(self) -> Path:
-        return self.path / "trials.jsonl"
+    def ledger(self) -> Journal:
+        """The ledger of its trials: one line per trial that ended, fsynced."""
+        return Journal(self.path / "trials.jsonl")
 
     def ledgered(self) -> list[TrialOutcome]:
-        """Every trial the ledger holds, in the order they ended."""
-        if not self._ledger.is_file():
-            return []
-        ended = []
-        for line in self._ledger.read_text(encoding="utf-8").splitlines():
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:  # a line cut short by a crash: its trial runs again
-                continue
-            ended.append(TrialOutcome(entry["trial_id"], entry["values"],
-                                      self.files_for(entry["values"]),
-                                      Outcome.from_dict(entry["outcome"]),
-                                      entry["stopped_early"]))
-        return ended
-
-    def ledger(self, ended: TrialOutcome) -> None:
-        """Append a trial that ended to the ledger, durably."""
-        entry = {"trial_id": ended.trial_id, "values": ended.values,
-                 "outcome": ended.outcome.to_dict(), "stopped_early": ended.stopped_early}
-        with open(self._ledger, "a", encoding="utf-8") as ledger:
-            ledger.write(json.dumps(entry) + "\n")
-            ledger.flush()
-            os.fsync(ledger.fileno())
+        """Every trial the ledger holds, in the order they ended (a line cut short by a crash is
+        left out: its trial runs again)."""
+        return [TrialOutcome(entry["trial_id"], entry["values"], self.files_for(entry["values"]),
+                             Outcome.from_dict(entry["outcome"]), entry["stopped_early"])
+                for entry in self.ledger().entries()]
 
 
 @dataclass(frozen=True)
@@ -124,6 +111,7 @@ class TuneRun:
         """`ended`: the trials the ledger holds; each reports its recorded result to Tune at
         once, were Tune's last snapshot to run it again."""
         self.plan = plan
+        self._ledger = plan.ledger()
         self._changed = threading.Condition()
         self._version = 0
         self._ended = dict(ended)
@@ -148,6 +136,7 @@ class TuneRun:
             if not self._stopping.is_set():
                 return f"{type(error).__name__}: {error}"
         finally:
+            self._ledger.close()
             with self._changed:
                 self._running.clear()
                 self._change()
@@ -204,7 +193,7 @@ class TuneRun:
         else:
             outcome, stopped = self._stopped_outcome(last), True
         ended = TrialOutcome(trial_id, values, self.plan.files_for(values), outcome, stopped)
-        self.plan.ledger(ended)
+        self._ledger.append(ended.to_entry())
         with self._changed:
             self._ended[trial_id] = ended
             self._unheard.append(ended)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from agents.strategies import Strategy, default_strategy
-from engine.protocol import Attempt, Proposal, ProposalContext
+from engine.protocol import Attempt, NothingToPropose, Proposal, ProposalContext
 from engine.tuning.knobs import Knob, find_knobs, literal, write_literals
 
 FACTORS = (0.5, 0.7, 0.8, 1.25, 1.4, 2.0)  # multiplicative steps of a float; the sign is kept
@@ -169,7 +169,8 @@ class OfflineAgent:
                 description = ", ".join(f"{knob.label} {knob.text} -> {text}"
                                         for knob, text in changes)
                 return Proposal(description=description, files=files)
-        raise RuntimeError("every change of one or two knobs of this parent was proposed already")
+        raise NothingToPropose("every change of one or two knobs of this parent was proposed "
+                               "already")
 
     def _singles_of(self, context: ProposalContext, parent: str) -> _Singles:
         """The changes of a single knob of the parent, whose digest is `parent`. Those of the

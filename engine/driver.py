@@ -147,8 +147,10 @@ class Search:
 
     def _limit(self) -> Stop | None:
         proposing = bool(self.core.queue) or bool(self._proposers and self._proposers.in_flight)
+        idle = not proposing and not self.pool.running and self.refiner.refinement is None
         return self.limits.reached(self.core, self.state.spent_usd,
-                                   self.clock() - self.state.started_at, proposing)
+                                   self.clock() - self.state.started_at, proposing,
+                                   exhausted=idle and self._proposers.exhausted)
 
     def nothing_left(self) -> str | None:
         """Why this (resumed) search has nothing left to do under its options, or None."""

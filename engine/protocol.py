@@ -14,7 +14,8 @@ from typing import Protocol
 # to avoid proposing one.
 from engine.experiment.checks import code_hash
 
-__all__ = ["Agent", "Attempt", "Measured", "Proposal", "ProposalContext", "code_hash"]
+__all__ = ["Agent", "Attempt", "Measured", "NothingToPropose", "Proposal", "ProposalContext",
+           "code_hash"]
 
 
 @dataclass(frozen=True)
@@ -89,5 +90,13 @@ class Agent(Protocol):
     name: str
 
     def propose(self, context: ProposalContext) -> Proposal:
-        """Propose one change to `context.files`. May raise; the engine records the error."""
+        """Propose one change to `context.files`. May raise; the engine records the error, and
+        the agent rests a while (raise NothingToPropose to say it has nothing new: no rest)."""
         ...
+
+
+class NothingToPropose(Exception):
+    """What an agent raises when it has no change left that it has not proposed for this parent
+    (an agent that fails for a while, an LLM endpoint that is down, raises anything else). The
+    search asks it nothing more for that parent, and ends once no agent has anything new for any
+    parent while nothing runs: waiting would not change the answer."""

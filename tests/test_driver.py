@@ -5,6 +5,7 @@ import time
 import pytest
 import ray
 
+from agents import make_agents
 from benchmarks.null_experiment import null_experiment
 from engine.driver import Search, SearchOptions
 from engine.experiment.records import ExperimentResult, Status
@@ -27,6 +28,7 @@ def by_status(search):
 
 
 def test_a_search_drains_at_max_experiments_without_ray(tmp_path):
+    ray.shutdown()  # whatever an earlier test left running: this search must not start Ray
     search = search_of(tmp_path, [ScriptedAgent([]), ScriptedAgent([])], max_experiments=12)
     state = search.run()
     assert not ray.is_initialized()
@@ -77,6 +79,22 @@ def test_an_agent_that_fails_backs_off_and_the_others_go_on(tmp_path):
     # asked at 0 s, then after 1, 2 and 5 s of rest: at most 3 times in 4 s
     assert 2 <= len(failures) <= 3
     assert len([r for r in by_status(search)[Status.OK] if r["island"] == 1]) >= 3
+
+
+def test_a_search_whose_agents_have_nothing_new_left_ends_by_itself(slow_start_task, tmp_path):
+    # One knob (the learning rate): the offline agents soon run out of changes never proposed.
+    options = SearchOptions(agents=2, budget_s=BUDGET_S, tune_trials=0,
+                            hours=120 / 3600)  # only so that a failure cannot hang the suite
+    search = Search(slow_start_task, tmp_path / "run", options, make_agents("offline", 2, 0),
+                    run=null_experiment, pool=lambda: InProcessPool(2))
+    search.run()
+    assert search.ended == "the agents have nothing new to propose"
+    rows = by_status(search)
+    assert rows[Status.OK] and rows[Status.INTERRUPTED] == []
+    said = [r for r in rows[Status.REJECTED] if r["message"].startswith("the agent has nothing")]
+    # said once for each parent it was asked about: an agent with nothing new does not back off
+    assert said and len(said) == len({(r["island"], r["parent"]) for r in said})
+    assert all("proposed already" in r["message"] for r in said)
 
 
 def test_a_target_reached_ends_the_search_at_once(tmp_path):

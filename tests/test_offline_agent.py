@@ -10,7 +10,7 @@ import tokenize
 import pytest
 
 from agents.offline import OfflineAgent, find_knobs
-from engine.protocol import Attempt, ProposalContext
+from engine.protocol import Attempt, NothingToPropose, ProposalContext
 
 PROPOSALS = 60  # per test that looks at many proposals on one parent
 
@@ -135,7 +135,7 @@ def test_once_single_changes_are_exhausted_it_combines_two_then_refuses():
     described = [agent.propose(ctx).description for _ in range(8)]
     assert sum(", " in d for d in described) == 4  # 2 x 2 pairs, after the 4 single changes
     assert all(", " in d for d in described[4:])
-    with pytest.raises(RuntimeError, match="proposed already"):
+    with pytest.raises(NothingToPropose, match="proposed already"):
         agent.propose(ctx)
 
 

@@ -7,8 +7,12 @@ null experiments keep the whole search fast.)"""
 
 import dataclasses
 import json
+import os
 import re
+import signal
+import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -27,7 +31,7 @@ def test_a_tuned_setting_runs_beside_the_agents_is_committed_confirmed_and_promo
     task = dataclasses.replace(slow_start_task, files={**slow_start_task.files,
                                                        "train.py": source})
     # The offline agents have one knob to move: they may run out of changes never proposed
-    # before (their calls then fail, and back off) before 80 experiments; the clock ends it then.
+    # before 80 experiments (the search then ends); the clock is a guard.
     options = SearchOptions(agents=2, budget_s=1.0, max_experiments=80, hours=1.5 / 60, seed=2,
                             tune_trials=6, tune_every=2, tune_share=0.5)
     search = Search(task, tmp_path / "run", options, make_agents("offline", 2, 2),
@@ -56,3 +60,50 @@ def test_a_tuned_setting_runs_beside_the_agents_is_committed_confirmed_and_promo
     written = re.search(r"^LEARNING_RATE = (\S+)", committed, re.M).group(1)
     assert float(written) == json.loads(winner["knobs"])["LEARNING_RATE"]
     assert winner["exp_id"] in search.repo.note(winner["commit"])
+
+
+def _tune_host_pids() -> list[int]:
+    """The processes Tune runs in: Ray titles an actor's process `ray::<its class>`."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if cmdline.read_bytes().startswith(b"ray::TuneHost"):
+                pids.append(int(cmdline.parent.name))
+        except OSError:  # it ended meanwhile
+            continue
+    return pids
+
+
+def test_a_tuning_whose_process_dies_is_recorded_and_the_next_runs_in_a_fresh_one(
+        slow_start_task, tmp_path, caplog):
+    source = slow_start_task.files["train.py"].replace(
+        "LEARNING_RATE = 1e-4", "LEARNING_RATE = 1e-4  # tune: 1e-4..1e-2 log")
+    task = dataclasses.replace(slow_start_task, files={**slow_start_task.files,
+                                                       "train.py": source})
+    options = SearchOptions(agents=2, budget_s=1.0, hours=3 / 60, seed=2, tune_trials=4,
+                            tune_every=2, tune_share=0.5)
+    search = Search(task, tmp_path / "run", options, make_agents("offline", 2, 2),
+                    run=null_experiment)
+    killed: list[str] = []  # the refinement whose host was killed
+
+    def kill_the_first_tuning_then_wait_for_another():
+        refinement = search.refiner.refinement
+        if refinement is None:
+            return
+        if not killed and refinement.running_trials:
+            for pid in _tune_host_pids():  # as the kernel's out-of-memory killer would
+                os.kill(pid, signal.SIGKILL)
+            killed.append(refinement.name)
+        elif killed and refinement.name != killed[0] and refinement.best() is not None:
+            raise KeyboardInterrupt  # a later tuning's trial was scored: enough seen
+
+    search.run(on_tick=kill_the_first_tuning_then_wait_for_another)
+    assert killed, "no tuning ran"
+    assert search.ended is None, "the search ended on its own, not after a later tuning's trial"
+    assert f"tuning {killed[0]} failed: the actor of the Tune run died" in caplog.text
+    deadline = time.monotonic() + 30
+    while _tune_host_pids() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _tune_host_pids() == [], "the stop left a Tune host running"
+    rows = read_rows(search.run_dir / "results")
+    assert any(r["kind"] == "mutation" and r["status"] == "ok" for r in rows)

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from engine.experiment.checks import Refused, apply_proposal, changes_only_randomness, code_hash
 from engine.experiment.records import Experiment, Kind, Result, Status
 from engine.experiment.spec import Spec
-from engine.protocol import Measured, Proposal, ProposalContext
+from engine.protocol import Measured, NothingToPropose, Proposal, ProposalContext
 from engine.search import briefing
 from engine.search.bandit import Bandit
 from engine.search.members import CPU, Decision, Member
@@ -65,6 +65,7 @@ class Evolution:
                                      confirm_seeds=options.confirm_seeds, seed=options.seed)
         self.queue: deque[Experiment] = deque()  # journaled, waiting for a GPU
         self.submitted = 0  # experiments handed out (tuning trials included)
+        self.told = 0  # results taken, refusals included: each may give an island a new parent
         self.fingerprint: str | None = None  # the data the noise runs were scored against
         self.descriptions: dict[str, str] = {}  # exp id -> description
         # The code of every experiment so far: a repeat is refused, naming the first.
@@ -114,6 +115,8 @@ class Evolution:
             # (agents.llm.ProposalFailed), and the row keeps it.
             experiment.cost_usd = getattr(proposal, "cost_usd", 0.0)
             experiment.tokens = getattr(proposal, "tokens", 0)
+            if isinstance(proposal, NothingToPropose):
+                return experiment, f"the agent has nothing new: {proposal}"
             return experiment, f"the agent failed: {proposal}"
         experiment.description = " ".join(proposal.description.split())[:300]
         experiment.cost_usd, experiment.tokens = proposal.cost_usd, proposal.tokens
@@ -163,6 +166,7 @@ class Evolution:
         experiment = experiment or Experiment.from_journal(result.to_row())
         self.descriptions[result.exp_id] = result.description
         told = Told()
+        self.told += 1
         if result.status is Status.REJECTED:
             self._remember_rejected(experiment, result.message)
         elif result.status is not Status.INTERRUPTED:

@@ -20,10 +20,11 @@ class Limits:
         self.options = options
 
     def reached(self, core: Evolution, spent_usd: float, elapsed_s: float = 0.0,
-                proposing: bool = False) -> Stop | None:
+                proposing: bool = False, exhausted: bool = False) -> Stop | None:
         """The limit the search is at, if any: `spent_usd` by the agents, `elapsed_s` since this
         process started searching, `proposing` whether proposals are queued or in flight (a
-        spent budget lets them run)."""
+        spent budget lets them run), `exhausted` whether the agents have had nothing new to
+        propose while nothing ran (engine/search/proposers.py)."""
         options, population = self.options, core.population
         if core.noise_outstanding <= 0 and not population.ready:
             return Stop("the starting code has no score",
@@ -45,6 +46,10 @@ class Limits:
                         f" pass a larger --max-cost to go on")
         if options.hours is not None and elapsed_s > options.hours * 3600:
             return Stop(f"--hours {options.hours} elapsed", "pass --hours to go on")
+        if exhausted:
+            return Stop("the agents have nothing new to propose",
+                        "its agents had nothing new to propose for any parent; a resume asks "
+                        "them again, a new search can use others (--agent llm)")
         return None
 
     def may_propose(self, spent_usd: float) -> bool:

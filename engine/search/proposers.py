@@ -4,7 +4,9 @@ proposals are wanted than islands are free, the core's bandit (engine/search/ban
 which island goes first and which of its agent's models it asks. When the search ends, a call
 still in flight gets a few seconds to come back, and is then left behind: its thread runs on to
 its end, unread (the process waits for it at exit; daemon threads would not hold the process,
-but one stopped inside litellm's lazy imports deadlocked the interpreter's exit)."""
+but one stopped inside litellm's lazy imports deadlocked the interpreter's exit). An agent that
+has nothing new for a parent (NothingToPropose) is not asked again for it; when none has anything
+for any island's parent, the agents are `exhausted` (a stop rule, engine/search/limits.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
-from engine.protocol import Agent, Proposal
+from engine.protocol import Agent, NothingToPropose, Proposal
 from engine.search.bandit import Choice
 from engine.search.evolution import Evolution
 from engine.search.members import Member
@@ -24,6 +26,10 @@ AGENT_RETRY_S = (1, 2, 5, 10, 30, 60)  # back-off after consecutive proposer fai
 # How long the calls in flight when the search ends may still come back (and be recorded with
 # what they cost): a local model's reply is seconds away, and a Ctrl-C should still feel prompt.
 STOP_GRACE_S = 10.0
+# Asks in a row that found every island's agent with nothing new for its parent before the agents
+# count as exhausted: a parent is an island's head mostly, an archive member one time in five
+# (engine/search/population.py), and those not yet drawn may still have changes to try.
+EXHAUSTED_AFTER_ASKS = 30
 
 
 @dataclass
@@ -57,6 +63,14 @@ class Proposers:
                               for model in choice.models or [""]}) > 1
         self._failures: dict[int, int] = {}
         self._resume_at: dict[int, float] = {}
+        self._nothing_new: set[tuple[int, str]] = set()  # (island, parent commit)
+        self._fruitless_asks = 0  # asks in a row where no island's agent had anything new...
+        self._fruitless_since = 0  # ...since the core took its last result (`core.told`)
+
+    @property
+    def exhausted(self) -> bool:
+        """Whether no agent has had anything new to propose for some time, none backing off."""
+        return self._fruitless_asks >= EXHAUSTED_AFTER_ASKS
 
     @property
     def in_flight(self) -> int:
@@ -66,11 +80,14 @@ class Proposers:
         """Start agents while fewer than `wanted` proposals are queued or in flight: one call
         per island at a time, none for an island backing off; each time a free island drawn at
         random, or by the bandit where their strategies or models differ."""
+        if core.told != self._fruitless_since:  # a result may have brought new parents
+            self._fruitless_asks, self._fruitless_since = 0, core.told
         if len(core.queue) + len(self._calls) >= wanted:
             return  # nothing to start (3 turns of the loop in 5): no need to list the free islands
         now = self._clock()
         free = [choice for island, choice in enumerate(self._choices)
                 if island not in self._calls and now >= self._resume_at.get(island, 0)]
+        fruitless = len(free) == len(self._choices)  # until an agent is asked
         while free and len(core.queue) + len(self._calls) < wanted:
             if self._choosing:
                 choice, model = core.bandit.pick(free, self._rng)
@@ -79,12 +96,17 @@ class Proposers:
                 choice = free.pop(self._rng.randrange(len(free)))
                 model = next(iter(choice.models), "")
             parent = core.parent(choice.island)
+            if (choice.island, parent.commit) in self._nothing_new:
+                continue
+            fruitless = False
             context = dataclasses.replace(core.context(choice.island, parent), model=model)
             future = self._threads.submit(self.agents[choice.island].propose, context)
             self._calls[choice.island] = (future, parent, model)
+        self._fruitless_asks = self._fruitless_asks + 1 if fruitless else 0
 
     def finished(self) -> list[Proposed]:
-        """The calls that ended since the last look; an agent that raised backs off."""
+        """The calls that ended since the last look; an agent that failed backs off (one with
+        nothing new for its parent is not asked for it again)."""
         done = []
         for island, (future, parent, model) in list(self._calls.items()):
             if not future.done():
@@ -92,6 +114,9 @@ class Proposers:
             del self._calls[island]
             try:
                 proposal = future.result()
+            except NothingToPropose as error:
+                self._nothing_new.add((island, parent.commit))
+                proposal = error
             except Exception as error:  # noqa: BLE001 - an agent's failure never ends the search
                 failures = self._failures.get(island, 0)
                 self._failures[island] = failures + 1

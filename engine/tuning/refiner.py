@@ -65,6 +65,9 @@ class Refiner:
             if done:
                 if not draining:
                     (refinement.path / TUNING_DONE).touch()
+                if refinement.error is not None and self._host is not None:
+                    ray.kill(self._host)  # a failed run may have left it dead, or unwell
+                    self._host = None  # the next tuning starts a fresh one
                 self.refinement = None
             elif draining:
                 refinement.stop(timeout_s=0)  # trials in flight run again after a resume

@@ -60,8 +60,7 @@ from engine.search.evolution import Evolution
 from engine.search.members import Member
 from engine.search.options import SearchOptions
 
-WORKERS = 2
-ISLANDS = 2
+WORKERS = 2  # unless --workers says otherwise; islands: as many
 NOISE_RUNS = 3  # the driver's default --noise-seeds
 MUTATIONS = 30  # per search, unless --mutations says otherwise
 # Two workers run a search of n mutations (and the noise runs) in about 2/3 n time units when
@@ -129,16 +128,21 @@ class SimulatedSearch:
     pin is the core's own, through `admit`, `enqueue`, `ask` and `tell`."""
 
     def __init__(self, condition: Condition, cell: Cell, rng: random.Random,
-                 population_seed: int, mutations: int = MUTATIONS) -> None:
+                 population_seed: int, mutations: int = MUTATIONS,
+                 workers: int = WORKERS) -> None:
+        """`workers` workers and as many islands; the conditions' workers taken in turn."""
         self.condition, self.cell, self.rng, self.mutations = condition, cell, rng, mutations
-        options = SearchOptions(agents=ISLANDS, noise_seeds=NOISE_RUNS, tune_trials=0,
+        self.islands = workers
+        options = SearchOptions(agents=workers, noise_seeds=NOISE_RUNS, tune_trials=0,
                                 seed=population_seed % 2**31)
         self.core = Evolution(SPEC, Member(START, dict(START_FILES), []), options, "sim",
                               self._promoted)
         self.true = {START: 0.0}  # commit -> true value, what the scores are drawn around
         self.baseline = START  # the commit a promotion replaces, to judge it by true values
         self.running: list[tuple[float, int, Experiment, float, int]] = []  # heap
-        self.free = list(range(WORKERS))
+        self.free = list(range(workers))
+        # the search takes about as long, in time units, however many workers run it
+        self.units = UNITS_PER_MUTATION * mutations * WORKERS / workers
         self.now = 0.0
         self.proposed = 0
         self.gain_at = rng.randint(GAIN_MARGIN, mutations - GAIN_MARGIN) if cell.gain else 0
@@ -154,8 +158,9 @@ class SimulatedSearch:
                 break
             self.now, _, experiment, score, worker = heapq.heappop(self.running)
             self.free.append(worker)
+            accelerator = self.condition.accelerators[worker % WORKERS]
             result = Result.of(experiment, Outcome(ExperimentResult(Status.OK, score), 0.0, 0.0,
-                                                   accelerator=self.condition.accelerators[worker]),
+                                                   accelerator=accelerator),
                                run="sim", budget_s=RUN_LENGTH)
             self.tally.candidates += experiment.kind is Kind.MUTATION
             self.core.tell(result, experiment)
@@ -165,8 +170,8 @@ class SimulatedSearch:
     def _dispatch(self) -> None:
         """Give every free worker the first queued run the core lets it run, proposing a
         mutation when there is none."""
-        for worker in sorted(self.free):  # at the start both are free: the fast one goes first
-            accelerator = self.condition.accelerators[worker]
+        for worker in sorted(self.free):  # at the start all are free: a fast one goes first
+            accelerator = self.condition.accelerators[worker % WORKERS]
             may = lambda pinned, accelerator=accelerator: pinned in ("", accelerator)  # noqa: E731
             experiment = self.core.ask(may)
             if experiment is None and self.proposed < self.mutations:
@@ -177,7 +182,7 @@ class SimulatedSearch:
                 self._start(experiment, worker)
 
     def _propose(self) -> None:
-        island = self.proposed % ISLANDS
+        island = self.proposed % self.islands
         self.proposed += 1
         parent = self.core.parent(island)
         line = (f"random.seed({self.proposed})" if self.cell.name == "seed-only"
@@ -196,10 +201,11 @@ class SimulatedSearch:
     def _start(self, experiment: Experiment, worker: int) -> None:
         # The score is drawn now: drift follows the start time, when the run's budget is spent.
         condition = self.condition
-        drift = condition.drift * self.now / (UNITS_PER_MUTATION * self.mutations)
+        kind = worker % WORKERS  # the conditions describe two workers: the rest take turns
+        drift = condition.drift * self.now / self.units
         score = (self.true[experiment.commit] + drift
-                 + condition.offsets[worker] + self.rng.gauss(0.0, 1.0))
-        length = RUN_LENGTH * condition.duration_factors[worker] * self.rng.uniform(0.8, 1.2)
+                 + condition.offsets[kind] + self.rng.gauss(0.0, 1.0))
+        length = RUN_LENGTH * condition.duration_factors[kind] * self.rng.uniform(0.8, 1.2)
         heapq.heappush(self.running, (self.now + length, self.tally.runs, experiment, score,
                                       worker))
         self.tally.runs += 1
@@ -221,13 +227,13 @@ class SimulatedSearch:
 
 
 def measure(condition: Condition, cell: Cell, searches: int, mutations: int,
-            rng: random.Random) -> Tally:
+            rng: random.Random, workers: int = WORKERS) -> Tally:
     """`searches` searches of one cell, added up."""
     total = Tally()
     for _ in range(searches):
         search_rng = random.Random(rng.getrandbits(64))
         total.add(SimulatedSearch(condition, cell, search_rng, rng.getrandbits(64),
-                                 mutations).run())
+                                 mutations, workers).run())
     return total
 
 
@@ -250,6 +256,9 @@ def main() -> None:
     parser.add_argument("--searches", type=int, default=2000, help="simulated searches per cell")
     parser.add_argument("--mutations", type=int, default=MUTATIONS, help="mutations per search")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=WORKERS,
+                        help="workers (and islands): with more, candidates are confirmed side "
+                             "by side, and one may finish after another replaced its baseline")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     print("| condition | candidates | promoted per candidate | searches promoting any | power "
@@ -257,7 +266,7 @@ def main() -> None:
     print("|---|---|---:|---:|---:|---:|---:|")
     for condition in CONDITIONS:
         for cell in CELLS:
-            tally = measure(condition, cell, args.searches, args.mutations, rng)
+            tally = measure(condition, cell, args.searches, args.mutations, rng, args.workers)
             print(row(condition, cell, tally), flush=True)
 
 

@@ -169,13 +169,29 @@ def test_a_candidate_that_ignores_its_seed_is_never_promoted():
     assert "ignores its seed" in decisions[0].reason
 
 
-def test_a_candidate_whose_baseline_was_replaced_meanwhile_is_confirmed_again():
+def test_a_candidate_whose_baseline_was_replaced_meanwhile_by_a_lesser_winner_replaces_it():
+    # Confirmed side by side: the first to finish was promoted, the better one finished after.
     made = population()
     observe(made, 0, child("first", 2.90))
     observe(made, 1, child("second", 2.90))
     confirm(made, "first", [2.90, 2.91, 2.89], [3.00, 3.01, 2.99])
     made.rebase_baseline("merged-first")
     decisions = confirm(made, "second", [2.80, 2.81, 2.79], [3.00, 3.01, 2.99])
+    assert kinds(decisions) == ["promote"]
+    assert decisions[0].reason.startswith(
+        "the baseline changed while it was confirmed, and its runs beat the new one's: "
+        "3 runs against 3 runs of first: ahead by 0.1")
+    assert made.baseline.commit == "second"
+
+
+def test_a_candidate_not_clearly_ahead_of_a_baseline_that_replaced_its_own_is_confirmed_again():
+    made = population()
+    observe(made, 0, child("first", 2.90))
+    observe(made, 1, child("second", 2.90))
+    confirm(made, "first", [2.90, 2.91, 2.89], [3.00, 3.01, 2.99])
+    made.rebase_baseline("merged-first")
+    # ahead of the new baseline's runs by 0.025: beyond the screen, not beyond the test
+    decisions = confirm(made, "second", [2.875, 2.885, 2.865], [3.00, 3.01, 2.99])
     assert kinds(decisions) == ["confirm"]
     assert decisions[0].against.commit == "merged-first"
     assert kinds(confirm(made, "second", [2.80, 2.81, 2.79], [2.90, 2.91, 2.89])) == ["promote"]
@@ -240,7 +256,9 @@ def test_a_winner_whose_change_overlaps_the_new_baseline_is_confirmed_again_inst
     observe(made, 1, second)
     confirm(made, "first", [2.90, 2.91, 2.89], [3.00, 3.01, 2.99])
     made.rebase_baseline("merged-first")
-    assert kinds(confirm(made, "second", [2.80, 2.81, 2.79], [3.00, 3.01, 2.99])) == ["confirm"]
+    # not combined: judged against the new baseline, whose change it would drop
+    assert kinds(confirm(made, "second", [2.875, 2.885, 2.865], [3.00, 3.01, 2.99])) == [
+        "confirm"]
 
 
 def test_a_candidate_from_an_island_still_on_an_older_baseline_is_combined_with_the_new_one():

@@ -53,10 +53,11 @@ class Comparison:
         margin = SCREEN_Z * self._sigma(accelerator) * math.sqrt(1 / len(values) + 1 / n)
         return self.objective.advantage(statistics.fmean(values), reference), margin
 
-    def test(self, runs: Runs, controls: Runs) -> tuple[bool, str]:
+    def test(self, runs: Runs, controls: Runs, *,
+             controls_are: str = "control runs") -> tuple[bool, str]:
         """Whether a candidate's runs beat the control runs beyond the noise: a one-sided
         t-test on the pooled sigma, type by type, the types combined by inverse variance; and
-        the figures, in words."""
+        the figures, in words (`controls_are` names the controls there)."""
         weights = advantage = 0.0
         df = None
         for accelerator in sorted({a for _, a in runs} & {a for _, a in controls}):
@@ -72,12 +73,12 @@ class Comparison:
             weights += weight
             df = type_df if df is None else min(df, type_df)
         if df is None:
-            return False, (f"{len(runs)} runs and {len(controls)} control runs share no "
+            return False, (f"{len(runs)} runs and {len(controls)} {controls_are} share no "
                            "accelerator type with a measured noise: nothing to compare")
         advantage /= weights
         statistic, critical = advantage * math.sqrt(weights), t_quantile(self.alpha, df)
         return statistic > critical, (
-            f"{len(runs)} runs against {len(controls)} control runs: ahead by {advantage:.4g}, "
+            f"{len(runs)} runs against {len(controls)} {controls_are}: ahead by {advantage:.4g}, "
             f"t = {statistic:.2f} against {critical:.2f} (one-sided {self.alpha:g}, {df} df)")
 
     def _sigma(self, accelerator: str) -> float:

@@ -28,8 +28,12 @@ The rules, in the order a result meets them:
 - A candidate whose baseline was replaced while it was being confirmed, and which beat the one it
   was confirmed against, is combined with the new one (a three-way merge, engine/search/combine.py),
   together with every other such winner whose changes do not overlap, and the combination is
-  tested like any child. Where the changes overlap, the candidate is confirmed again, against the
-  new baseline. A child of code an older baseline led to is combined with today's too.
+  tested like any child. Otherwise (the changes overlap, or it did not beat its own controls) its
+  runs are tested against the new baseline's latest runs, fresh runs made in about the same
+  window of time: beyond the noise, it replaces the new baseline at once (on a wide search many
+  candidates are confirmed side by side, and the first to finish is not always the best); ahead
+  but within the noise, it is confirmed again, against the new baseline. A child of code an older
+  baseline led to is combined with today's too.
 - An island whose head lags the baseline and has not advanced for `reseed_after` results is
   reseeded from the baseline.
 - Parents are mostly the island's head; sometimes another archive member, favouring good ones with
@@ -45,7 +49,7 @@ from dataclasses import dataclass, field
 from engine.experiment.objective import Objective
 from engine.protocol import Attempt
 from engine.search.combine import Winners, combine
-from engine.search.compare import ALPHA, Comparison
+from engine.search.compare import ALPHA, LEVEL_RUNS, Comparison
 from engine.search.members import CPU, Decision, Island, Member
 from engine.search.noise import Noise
 
@@ -243,10 +247,24 @@ class Population:
         # Its level is now that of runs nobody selected it on.
         member.runs = [v for v, _ in pending.runs]
         member.accelerators = [a for _, a in pending.runs]
+        if len(member.runs) > 1 and len(set(member.runs)) == 1 and len(
+                {v for v, _ in pending.controls}) > 1:
+            return [Decision("reject_promotion", island, member,
+                             reason="gives the same score on every seed: it ignores its seed")]
         if pending.generation != len(self.promotions):
             combined = self._combined(pending)
             if combined is not None:
                 return [combined]
+            # Its runs and the new baseline's latest (its confirmation runs, or control runs
+            # made since) are fresh runs of both from about one window of time: compared as a
+            # confirmation compares. Where winners are confirmed side by side (a wide search),
+            # the best is promoted at once, not confirmed again for one more experiment length.
+            verdict, summary = self.compare.test(pending.runs, list(zip(
+                self.baseline.runs[-LEVEL_RUNS:], self.baseline.accelerators[-LEVEL_RUNS:],
+                strict=True)), controls_are=f"runs of {self.baseline.exp_id or 'it'}")
+            if verdict:
+                return [self._promote(island, member, f"the baseline changed while it was "
+                                      f"confirmed, and its runs beat the new one's: {summary}")]
             accelerator = member.accelerators[-1]
             advantage, margin = self._screened(member.runs_on(accelerator), accelerator,
                                                self.baseline)
@@ -257,17 +275,15 @@ class Population:
             return [self._confirm(island, member, accelerator, "the baseline changed while it "
                                   "was confirmed, and it is still ahead: again, against the new "
                                   "one")]
-        scores = [v for v, _ in pending.runs]
-        if len(scores) > 1 and len(set(scores)) == 1 and len(
-                {v for v, _ in pending.controls}) > 1:
-            return [Decision("reject_promotion", island, member,
-                             reason="gives the same score on every seed: it ignores its seed")]
         verdict, summary = self.compare.test(pending.runs, pending.controls)
         if verdict:
-            self.baseline = member
-            self.promotions.append(member)
-            return [Decision("promote", island, member, reason=summary)]
+            return [self._promote(island, member, summary)]
         return [Decision("reject_promotion", island, member, reason=summary)]
+
+    def _promote(self, island: int, member: Member, reason: str) -> Decision:
+        self.baseline = member
+        self.promotions.append(member)
+        return Decision("promote", island, member, reason=reason)
 
     def _combined(self, pending: _Confirmation) -> Decision | None:
         """For a candidate that beat the baseline it was confirmed against, which another winner

@@ -59,7 +59,8 @@ def refine(task: Task, files: dict[str, str], run_dir: Path, label: str, *,
            gpus: int, budget: float, seed: int) -> list[tuple[float, TrialOutcome]]:
     """Run one side. Returns (seconds since its start, trial) in the order its trials ended."""
     started = time.monotonic()
-    refinement = Refinement(label.split()[0].lower(), files, task.spec, run_dir, trials=trials,
+    name = label.split()[0].lower()
+    refinement = Refinement(name, files, task.spec, run_dir / name, trials=trials,
                             concurrency=gpus, seed=seed, budget_s=budget, grace_s=GRACE_S,
                             sampler=sampler, early_stopping=early_stopping).start()
     ended = []

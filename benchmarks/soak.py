@@ -80,7 +80,10 @@ def part_size(path: Path) -> tuple[int, int]:
             size, files = size + root.stat().st_size, files + 1
         for folder, _, names in os.walk(root) if root.is_dir() else ():
             for name in names:
-                size += os.stat(os.path.join(folder, name)).st_size
+                try:
+                    size += os.stat(os.path.join(folder, name)).st_size
+                except FileNotFoundError:  # git's temporary object, renamed as we looked
+                    continue
                 files += 1
     return size, files
 

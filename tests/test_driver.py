@@ -1,9 +1,12 @@
 """The driver's own rules, on the real loop over the in-process GPU pool: no Ray here."""
 
+import errno
+import io
 import time
 
 import pytest
 import ray
+from rich.console import Console
 
 from agents import make_agents
 from benchmarks.null_experiment import null_experiment
@@ -11,6 +14,7 @@ from engine.driver import Search, SearchOptions
 from engine.experiment.records import ExperimentResult, Status
 from engine.experiment.task import load_task, template_path
 from engine.search.pool import InProcessPool
+from engine.views.live import LiveView
 from tests.conftest import ScriptedAgent
 
 BUDGET_S = 0.05
@@ -95,6 +99,30 @@ def test_a_search_whose_agents_have_nothing_new_left_ends_by_itself(slow_start_t
     # said once for each parent it was asked about: an agent with nothing new does not back off
     assert said and len(said) == len({(r["island"], r["parent"]) for r in said})
     assert all("proposed already" in r["message"] for r in said)
+
+
+class ClosingTerminal(io.StringIO):
+    """A terminal closed under a running search, after its first two writes: writing to it
+    then gives what a closed terminal gives."""
+
+    def __init__(self):
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text):
+        self.writes += 1
+        if self.writes > 2:
+            raise OSError(errno.EIO, "Input/output error")
+        return super().write(text)
+
+
+def test_a_live_view_whose_terminal_went_away_does_not_stop_the_search(tmp_path, caplog):
+    search = search_of(tmp_path, [ScriptedAgent([]), ScriptedAgent([])], max_experiments=8)
+    with LiveView(search, Console(file=ClosingTerminal(), force_terminal=True)) as view:
+        search.run(on_tick=view.tick)
+    assert search.ended == "--max-experiments 8 ran"
+    assert len(by_status(search)[Status.OK]) == 8
+    assert "the live view cannot write ([Errno 5] Input/output error)" in caplog.text
 
 
 def test_a_target_reached_ends_the_search_at_once(tmp_path):

@@ -3,6 +3,7 @@ runs and how long it has left, experiments per hour, GPU utilisation and keep ra
 
 from __future__ import annotations
 
+import logging
 import time
 
 from rich.console import Console, Group
@@ -11,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 REFRESH_S = 0.5
+log = logging.getLogger("autoresearch")
 
 
 class LiveView:
@@ -21,6 +23,7 @@ class LiveView:
         self._live = Live(console=console or Console(stderr=True), auto_refresh=False,
                           transient=False)
         self._drawn_at = 0.0
+        self._lost = False  # its terminal went away: the search goes on without it
 
     def __enter__(self) -> LiveView:
         self._live.__enter__()
@@ -29,13 +32,23 @@ class LiveView:
 
     def __exit__(self, *exc) -> None:
         self.tick(force=True)
-        self._live.__exit__(*exc)
+        try:
+            self._live.__exit__(*exc)
+        except OSError:
+            pass  # the terminal went away: said when it did
 
     def tick(self, force: bool = False) -> None:
+        """Redraw, at most every REFRESH_S. A terminal or pipe that can no longer be written
+        ends the view, not the search (the driver would take it for its run dir failing)."""
         now = time.monotonic()
-        if force or now - self._drawn_at >= REFRESH_S:
+        if self._lost or not (force or now - self._drawn_at >= REFRESH_S):
+            return
+        try:
             self._live.update(self.render(), refresh=True)
-            self._drawn_at = now
+        except OSError as error:
+            self._lost = True
+            log.warning("the live view cannot write (%s): the search goes on without it", error)
+        self._drawn_at = now
 
     def render(self) -> Group:
         search, state = self.search, self.search.state

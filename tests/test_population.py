@@ -169,13 +169,19 @@ def test_a_candidate_that_ignores_its_seed_is_never_promoted():
     assert "ignores its seed" in decisions[0].reason
 
 
-def test_a_candidate_whose_baseline_was_replaced_meanwhile_by_a_lesser_winner_replaces_it():
-    # Confirmed side by side: the first to finish was promoted, the better one finished after.
+def first_promoted_while_second_is_confirmed() -> Population:
+    """Two children confirmed side by side: "first" finished first and was promoted (as
+    "merged-first"); the confirmation of "second" is still out."""
     made = population()
     observe(made, 0, child("first", 2.90))
     observe(made, 1, child("second", 2.90))
     confirm(made, "first", [2.90, 2.91, 2.89], [3.00, 3.01, 2.99])
     made.rebase_baseline("merged-first")
+    return made
+
+
+def test_a_candidate_whose_baseline_was_replaced_meanwhile_by_a_lesser_winner_replaces_it():
+    made = first_promoted_while_second_is_confirmed()
     decisions = confirm(made, "second", [2.80, 2.81, 2.79], [3.00, 3.01, 2.99])
     assert kinds(decisions) == ["promote"]
     assert decisions[0].reason.startswith(
@@ -185,11 +191,7 @@ def test_a_candidate_whose_baseline_was_replaced_meanwhile_by_a_lesser_winner_re
 
 
 def test_a_candidate_not_clearly_ahead_of_a_baseline_that_replaced_its_own_is_confirmed_again():
-    made = population()
-    observe(made, 0, child("first", 2.90))
-    observe(made, 1, child("second", 2.90))
-    confirm(made, "first", [2.90, 2.91, 2.89], [3.00, 3.01, 2.99])
-    made.rebase_baseline("merged-first")
+    made = first_promoted_while_second_is_confirmed()
     # ahead of the new baseline's runs by 0.025: beyond the screen, not beyond the test
     decisions = confirm(made, "second", [2.875, 2.885, 2.865], [3.00, 3.01, 2.99])
     assert kinds(decisions) == ["confirm"]

@@ -38,8 +38,9 @@ class LiveView:
             pass  # the terminal went away: said when it did
 
     def tick(self, force: bool = False) -> None:
-        """Redraw, at most every REFRESH_S. A terminal or pipe that can no longer be written
-        ends the view, not the search (the driver would take it for its run dir failing)."""
+        """Redraw, at most every REFRESH_S. A terminal that can no longer be written ends the
+        view, not the search (the driver would take it for its run dir failing); a broken pipe
+        is rich's own, which ends the process."""
         now = time.monotonic()
         if self._lost or not (force or now - self._drawn_at >= REFRESH_S):
             return

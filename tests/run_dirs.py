@@ -8,6 +8,7 @@ from pathlib import Path
 from benchmarks.null_experiment import null_experiment
 from engine.driver import Search, SearchOptions
 from engine.experiment.task import load_task, template_path
+from engine.search.pool import InProcessPool
 from engine.views.rundata import RunData
 from tests.conftest import ScriptedAgent
 
@@ -73,12 +74,18 @@ def null_search(run_dir: Path) -> Search:
     """A finished search of the bundled task on the null experiment, 2 islands, 28 experiments:
     island 0 first makes a winning change (confirmed, then promoted), then proposes an edit of
     the harness (refused); every other proposal is a harmless variant (some of which look better
-    on one run and are confirmed too, and not promoted)."""
+    on one run and are confirmed too, and not promoted).
+
+    Its 4 GPUs are threads of this process: a Ray worker slow to start could hold a noise run
+    back while the other GPUs spend the 28 experiments on variants nobody can judge yet, and
+    the story would end before its winner is confirmed."""
     task = load_task(template_path())
     agents = [ScriptedAgent([better_learning_rate(task.files),
                              {"prepare.py": "print('a better harness')\n"}]),
               ScriptedAgent([])]
-    options = SearchOptions(agents=2, budget_s=0.05, max_experiments=28, noise_seeds=3, seed=0)
-    search = Search(task, run_dir, options, agents, run=null_experiment)
+    options = SearchOptions(agents=2, budget_s=0.05, max_experiments=28, noise_seeds=3, seed=0,
+                            tune_trials=0)
+    search = Search(task, run_dir, options, agents, run=null_experiment,
+                    pool=lambda: InProcessPool(4))
     search.run()
     return search

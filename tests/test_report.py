@@ -81,7 +81,7 @@ def test_the_leaderboard_shows_each_tracked_metric_of_a_change_beside_its_score(
 
 
 @pytest.fixture(scope="module")
-def reported(ray_local, tmp_path_factory):
+def reported(tmp_path_factory):
     """A finished null search with its report written by the command."""
     search = null_search(tmp_path_factory.mktemp("report") / "run")
     done = subprocess.run([*AUTORESEARCH, "report", search.run_dir], capture_output=True,

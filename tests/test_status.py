@@ -109,7 +109,7 @@ def test_without_its_repository_a_lineage_stops_at_a_promotion_it_cannot_trace(t
 
 
 @pytest.fixture(scope="module")
-def searched(ray_local, tmp_path_factory):
+def searched(tmp_path_factory):
     return null_search(tmp_path_factory.mktemp("status") / "run")
 
 

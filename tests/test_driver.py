@@ -16,6 +16,7 @@ from engine.experiment.task import load_task, template_path
 from engine.search.pool import InProcessPool
 from engine.views.live import LiveView
 from tests.conftest import ScriptedAgent
+from tests.run_dirs import better_learning_rate
 
 BUDGET_S = 0.05
 
@@ -41,6 +42,24 @@ def test_a_search_drains_at_max_experiments_without_ray(tmp_path):
     assert len(rows[Status.OK]) == 12  # what had started finished: nothing interrupted
     assert rows[Status.INTERRUPTED] == []
     assert state.finished == 12 and state.by_kind["baseline"] == 3
+
+
+def test_without_ray_a_winner_is_not_tuned_and_the_search_says_so_once(tmp_path, caplog):
+    # Knob tuning runs in Ray Tune; over GPUs that are not Ray's it must not start a Ray of its own.
+    ray.shutdown()
+    task = load_task(template_path())
+    agents = [ScriptedAgent([better_learning_rate(task.files)]), ScriptedAgent([])]
+    options = SearchOptions(agents=2, budget_s=BUDGET_S, max_experiments=24)  # tuning on
+    search = Search(task, tmp_path / "run", options, agents, run=null_experiment,
+                    pool=lambda: InProcessPool(2))
+    search.run()
+    assert search.population.promotions, "no winner: nothing would have been tuned"
+    assert not ray.is_initialized()
+    said = [r.getMessage() for r in caplog.records if "tuning needs Ray" in r.getMessage()]
+    assert said == ["not tuning knobs: tuning needs Ray, and this search's GPUs are not Ray's"]
+    assert not (tmp_path / "run" / "tune").exists()
+    assert {r["kind"] for r in search.store.rows()} <= {"baseline", "mutation", "confirm",
+                                                         "control"}
 
 
 def test_no_result_is_judged_before_the_noise_is_measured(tmp_path):
@@ -123,6 +142,20 @@ def test_a_live_view_whose_terminal_went_away_does_not_stop_the_search(tmp_path,
     assert search.ended == "--max-experiments 8 ran"
     assert len(by_status(search)[Status.OK]) == 8
     assert "the live view cannot write ([Errno 5] Input/output error)" in caplog.text
+
+
+def test_the_search_starts_nothing_after_its_hours_and_lets_the_rest_finish(tmp_path):
+    options = SearchOptions(agents=2, budget_s=1.5, hours=3 / 3600, tune_trials=0)
+    search = Search(load_task(template_path()), tmp_path / "run", options,
+                    make_agents("offline", 2, 0), run=null_experiment,
+                    pool=lambda: InProcessPool(4))
+    search.run()
+    assert search.ended.startswith("--hours")
+    rows = by_status(search)[Status.OK]
+    deadline = search.state.started_at + 3
+    assert len(rows) >= 4 and by_status(search)[Status.INTERRUPTED] == []
+    assert all(r["started_at"] <= deadline + 0.5 for r in rows)
+    assert max(r["finished_at"] for r in rows) > deadline
 
 
 def test_a_target_reached_ends_the_search_at_once(tmp_path):

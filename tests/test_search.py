@@ -214,19 +214,6 @@ def test_the_search_stops_when_the_target_is_reached(tmp_path):
     assert len(trained(rows_of(search))) < 300
 
 
-def test_the_search_starts_nothing_after_its_hours_and_lets_the_rest_finish(tmp_path):
-    options = SearchOptions(agents=2, budget_s=1.5, hours=3 / 3600)
-    search = Search(load_task(template_path()), tmp_path / "run", options,
-                    make_agents("offline", 2, 0), run=null_experiment)
-    search.run()
-    rows = trained(rows_of(search))
-    deadline = search.state.started_at + 3
-    assert len(rows) >= 4
-    assert all(r["started_at"] <= deadline + 0.5 for r in rows)
-    assert all(r["status"] == "ok" for r in rows)
-    assert max(r["finished_at"] for r in rows) > deadline
-
-
 def test_ctrl_c_records_experiments_in_flight_as_interrupted(tmp_path):
     options = SearchOptions(agents=2, budget_s=30)
     search = Search(load_task(template_path()), tmp_path / "run", options,

@@ -49,6 +49,7 @@ class Refiner:
         self._run = run
         self.refinement: Refinement | None = None  # the tuning running now, if any
         self._host: ray.actor.ActorHandle | None = None  # the process Tune runs in
+        self._said_no_ray = False
 
     @property
     def slots_wanted(self) -> int:
@@ -72,10 +73,20 @@ class Refiner:
             elif draining:
                 refinement.stop(timeout_s=0)  # trials in flight run again after a resume
             return trials
-        wanted = None if draining else core.next_tuning()
+        if draining or not self._has_ray():
+            return []
+        wanted = core.next_tuning()
         if wanted is not None:
             self.refinement = self._start(core, wanted[0], slots, threads)
         return []
+
+    def _has_ray(self) -> bool:
+        """Tune runs on Ray: over GPUs that are not Ray's (the in-process pool of the tests and
+        the simulator), the search goes on untuned rather than start a Ray of its own."""
+        if not ray.is_initialized() and self.options.tune_trials and not self._said_no_ray:
+            log.warning("not tuning knobs: tuning needs Ray, and this search's GPUs are not Ray's")
+            self._said_no_ray = True
+        return ray.is_initialized()
 
     def stop(self, core: Evolution) -> list[Trial]:
         """Stop the tuning (unfinished trials rerun on resume); the trials that ended."""

@@ -351,8 +351,7 @@ def simulate(landscape: Landscape, gpus: int, seed: int, *, hours: float, slow: 
     islands = agents or gpus
     with tempfile.TemporaryDirectory() as folder:
         task = make_task(landscape, Path(folder) / "task")
-        options = SearchOptions(agents=islands, seed=seed, hours=hours, tune_trials=0,
-                                surplus=max(2, gpus // 8))
+        options = SearchOptions(agents=islands, seed=seed, hours=hours, tune_trials=0)
         search = Search(
             task, Path(folder) / "run", options, [OfflineAgent(seed * 1000 + i)
                                                   for i in range(islands)],

@@ -112,7 +112,7 @@ class Search:
                 slots, threads = self.pool.refresh()
                 self._tune(slots, threads)
                 free = slots - self.refiner.slots_wanted
-                self._propose(free)
+                self._propose(free, slots)
                 self._admit()
                 self._start(free, threads)
                 wait_from = time.monotonic()
@@ -163,9 +163,9 @@ class Search:
 
     # -- 1 and 2: proposals ----------------------------------------------------------------------
 
-    def _propose(self, free: int) -> None:
+    def _propose(self, free: int, slots: int) -> None:
         if not self._draining and self.limits.may_propose(self.state.spent_usd):
-            wanted = free - len(self.pool.running) + self.options.surplus
+            wanted = free - len(self.pool.running) + self.options.proposals_ahead(slots)
             self._proposers.ask(wanted, self.core)
 
     def _admit(self) -> None:

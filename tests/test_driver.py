@@ -2,6 +2,7 @@
 
 import errno
 import io
+import threading
 import time
 
 import pytest
@@ -60,6 +61,38 @@ def test_without_ray_a_winner_is_not_tuned_and_the_search_says_so_once(tmp_path,
     assert not (tmp_path / "run" / "tune").exists()
     assert {r["kind"] for r in search.store.rows()} <= {"baseline", "mutation", "confirm",
                                                          "control"}
+
+
+class HeldAgent(ScriptedAgent):
+    """Proposes only once `go` is set: a call in flight stays in flight until then."""
+
+    def __init__(self, go: threading.Event) -> None:
+        super().__init__([])
+        self.go, self.asked = go, 0
+
+    def propose(self, context):
+        self.asked += 1
+        self.go.wait(timeout=10)
+        return super().propose(context)
+
+
+def test_a_large_search_keeps_an_eighth_of_its_gpus_in_proposals_ready(tmp_path):
+    # Experiments started together end together; on a large cluster a wave of them must find
+    # the next proposals ready, not wait for the agents' calls.
+    go = threading.Event()
+    agents = [HeldAgent(go) for _ in range(64)]
+    search = search_of(tmp_path, agents, slots=32)
+    asked = []
+
+    def count_the_calls_then_stop():
+        time.sleep(0.5)  # every call the first turn started is in its agent by now
+        asked.append(sum(agent.asked for agent in agents))
+        go.set()
+        raise KeyboardInterrupt
+
+    search.run(on_tick=count_the_calls_then_stop)
+    # 32 GPUs, 3 of them on the noise runs: 29 proposals for the others, and 32 / 8 ready
+    assert asked == [29 + 4]
 
 
 def test_no_result_is_judged_before_the_noise_is_measured(tmp_path):

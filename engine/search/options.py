@@ -16,7 +16,7 @@ class SearchOptions:
     seed: int = 0
     noise_seeds: int = 3
     confirm_seeds: int = 3  # fresh-seed runs of a candidate, each beside a control run
-    surplus: int = 2  # proposals kept ready beyond the free GPUs
+    surplus: int | None = None  # proposals kept ready beyond the free GPUs; see proposals_ahead
     max_cost: float | None = None  # dollars the agents may spend; then they stop proposing
     memory_limit_gb: float | None = None  # per experiment; None: the goal file's, if any
     tune_trials: int = 12  # Optuna trials per refinement of a winner's knobs; 0: no tuning
@@ -27,3 +27,10 @@ class SearchOptions:
     models: tuple[str, ...] = ()
     context_tokens: int | None = None
     strategies: str = ""  # bundled strategy names, or a TOML file (agents/strategies.py)
+
+    def proposals_ahead(self, gpus: int) -> int:
+        """How many proposals to keep ready beyond the free GPUs: `surplus`, or by default an
+        eighth of the GPUs (at least 2). Experiments started together end together: on 256 GPUs
+        a wave of them ends within a minute, and without proposals ready its GPUs would wait for
+        the agents' calls (benchmarks/simulate.py measures the search with this default)."""
+        return self.surplus if self.surplus is not None else max(2, gpus // 8)

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     from engine.views.rundata import RunData
 
 
+MIN_ISLANDS = 4  # islands of a search without --agents, however few its GPUs
+
+
 class BadInput(click.ClickException):
     """Printed as one `Error: ...` line, exit status 2."""
 
@@ -132,8 +135,9 @@ def check(task_dir: str, budget: float, grace: float | None) -> None:
 
 @main.command()
 @click.argument("task_dir", type=click.Path(file_okay=False))
-@click.option("--agents", type=click.IntRange(min=1), default=4, show_default=True,
-              help="Islands, one proposer each.")
+@click.option("--agents", type=click.IntRange(min=1),
+              help=f"Islands, one proposer each [default: one per GPU of the cluster, at least "
+                   f"{MIN_ISLANDS}].")
 @click.option("--budget", type=click.FloatRange(min=0, min_open=True),
               help="Training seconds per experiment (default: the goal file's).")
 @click.option("--max-experiments", type=click.IntRange(min=1),
@@ -180,7 +184,7 @@ def check(task_dir: str, budget: float, grace: float | None) -> None:
 @click.option("--no-tune", is_flag=True, help="No knob tuning: the agents have every GPU.")
 @quiet_option
 @verbose_option
-def search(task_dir: str, agents: int, budget: float | None, max_experiments: int | None,
+def search(task_dir: str, agents: int | None, budget: float | None, max_experiments: int | None,
            hours: float | None, target: float | None, run_dir: str | None,
            address: str | None, gpus: int | None, agent_name: str, models: tuple[str, ...],
            max_cost: float | None, strategies: str, context_tokens: int | None, seed: int,
@@ -200,8 +204,9 @@ def search(task_dir: str, agents: int, budget: float | None, max_experiments: in
                                             f"{time.strftime('%Y%m%d-%H%M%S')}")
     if folder.exists() and any(folder.iterdir()):
         raise BadInput(f"{folder} already holds a run; choose another --run-dir")
-    options = SearchOptions(agents=agents, budget_s=budget, max_experiments=max_experiments,
-                            hours=hours, target=target, seed=seed, noise_seeds=noise_seeds,
+    options = SearchOptions(agents=agents or MIN_ISLANDS, budget_s=budget,
+                            max_experiments=max_experiments, hours=hours, target=target,
+                            seed=seed, noise_seeds=noise_seeds,
                             confirm_seeds=confirm_seeds, agent=agent_name, models=models,
                             max_cost=max_cost, context_tokens=context_tokens,
                             strategies=strategies, memory_limit_gb=memory_limit, grace_s=grace,
@@ -209,9 +214,22 @@ def search(task_dir: str, agents: int, budget: float | None, max_experiments: in
                             tune_share=tune_share)
     for line in task.spec.not_enforced:
         click.echo(f"not enforced (kept for the agents): {line}", err=True)
-    proposers = _agents(options)
+    proposers = _agents(options)  # a proposer that cannot be made is said before Ray starts
     start_ray(address, gpus)
+    if agents is None and (islands := _islands_for_the_cluster()) != options.agents:
+        options.agents = islands
+        proposers = _agents(options)
     _run_search(Search(task, folder, options, proposers), quiet, verbose)
+
+
+def _islands_for_the_cluster() -> int:
+    """One island per GPU of the cluster Ray started or joined, at least MIN_ISLANDS. An island
+    has one call to its agent in flight at a time: with LLM calls of c seconds and experiments
+    of L, N islands keep at most N * L / c GPUs busy (4 islands, 30 s calls and 5-minute
+    experiments: 40 GPUs). benchmarks/simulate.py measures one island per GPU."""
+    import ray
+
+    return max(MIN_ISLANDS, int(ray.cluster_resources().get("GPU", 0)))
 
 
 @main.command()

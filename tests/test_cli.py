@@ -112,6 +112,19 @@ def test_search_runs_from_the_command_line_and_its_branches_export_to_the_task(t
     assert "my task" in git("log", "--format=%s", "autoresearch/run/baseline", cwd=task)
 
 
+def test_a_search_without_agents_has_an_island_for_each_gpu(tmp_path):
+    # An island has one call to its agent in flight at a time: 4 islands cannot keep a large
+    # cluster busy when each call takes a while.
+    autoresearch("init", tmp_path / "task")
+    ran = autoresearch("search", tmp_path / "task", "--gpus", "6", "--budget", "1",
+                       "--max-experiments", "2", "--noise-seeds", "2", "--no-tune", "--quiet",
+                       "--run-dir", tmp_path / "run")
+    assert ran.returncode == 0, ran.stderr
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["options"]["agents"] == 6
+    population = json.loads((tmp_path / "run" / "population.json").read_text())
+    assert len(population["islands"]) == 6
+
+
 def test_search_refuses_a_run_dir_that_holds_a_run(tmp_path):
     autoresearch("init", tmp_path / "task")
     (tmp_path / "run").mkdir()

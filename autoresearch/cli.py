@@ -136,8 +136,8 @@ def check(task_dir: str, budget: float, grace: float | None) -> None:
 @main.command()
 @click.argument("task_dir", type=click.Path(file_okay=False))
 @click.option("--agents", type=click.IntRange(min=1),
-              help=f"Islands, one proposer each [default: one per GPU of the cluster, at least "
-                   f"{MIN_ISLANDS}].")
+              help=f"Islands, one proposer each [default: one per experiment the cluster runs "
+                   f"at once, at least {MIN_ISLANDS}].")
 @click.option("--budget", type=click.FloatRange(min=0, min_open=True),
               help="Training seconds per experiment (default: the goal file's).")
 @click.option("--max-experiments", type=click.IntRange(min=1),
@@ -216,20 +216,23 @@ def search(task_dir: str, agents: int | None, budget: float | None, max_experime
         click.echo(f"not enforced (kept for the agents): {line}", err=True)
     proposers = _agents(options)  # a proposer that cannot be made is said before Ray starts
     start_ray(address, gpus)
-    if agents is None and (islands := _islands_for_the_cluster()) != options.agents:
+    islands = _islands_for_the_cluster(task.spec.gpus_per_experiment)
+    if agents is None and islands != options.agents:
         options.agents = islands
         proposers = _agents(options)
     _run_search(Search(task, folder, options, proposers), quiet, verbose)
 
 
-def _islands_for_the_cluster() -> int:
-    """One island per GPU of the cluster Ray started or joined, at least MIN_ISLANDS. An island
-    has one call to its agent in flight at a time: with LLM calls of c seconds and experiments
-    of L, N islands keep at most N * L / c GPUs busy (4 islands, 30 s calls and 5-minute
-    experiments: 40 GPUs). benchmarks/simulate.py measures one island per GPU."""
+def _islands_for_the_cluster(gpus_per_experiment: int) -> int:
+    """One island per experiment the cluster Ray started or joined runs at once (its GPUs over
+    the GPUs an experiment takes), at least MIN_ISLANDS. An island has one call to its agent in
+    flight at a time: with LLM calls of c seconds and experiments of L, N islands keep at most
+    N * L / c experiments running (4 islands, 30 s calls and 5-minute experiments: 40).
+    benchmarks/simulate.py measures one island per GPU."""
     import ray
 
-    return max(MIN_ISLANDS, int(ray.cluster_resources().get("GPU", 0)))
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    return max(MIN_ISLANDS, gpus // max(gpus_per_experiment, 1))
 
 
 @main.command()

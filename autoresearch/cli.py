@@ -216,10 +216,11 @@ def search(task_dir: str, agents: int | None, budget: float | None, max_experime
         click.echo(f"not enforced (kept for the agents): {line}", err=True)
     proposers = _agents(options)  # a proposer that cannot be made is said before Ray starts
     start_ray(address, gpus)
-    islands = _islands_for_the_cluster(task.spec.gpus_per_experiment)
-    if agents is None and islands != options.agents:
-        options.agents = islands
-        proposers = _agents(options)
+    if agents is None:
+        islands = _islands_for_the_cluster(task.spec.gpus_per_experiment)
+        if islands != options.agents:
+            options.agents = islands
+            proposers = _agents(options)
     _run_search(Search(task, folder, options, proposers), quiet, verbose)
 
 

@@ -37,14 +37,21 @@ def ray_local():
     """One local Ray for the session, with 4 logical GPUs on this CPU machine."""
     import ray
 
+    start_local_ray()
+    yield ray
+    ray.shutdown()
+
+
+def start_local_ray() -> None:
+    """The session's local Ray (`ray_local`), started."""
+    import ray
+
     import benchmarks.null_experiment
     from engine.cluster import start_ray
 
     # Workers import the engine from the installed project; test helpers travel by value.
     ray.cloudpickle.register_pickle_by_value(benchmarks.null_experiment)
     start_ray(None, gpus=4, cpus=2)
-    yield ray
-    ray.shutdown()
 
 
 class ScriptedAgent:

@@ -16,7 +16,7 @@ from engine.experiment.records import ExperimentResult, Status
 from engine.experiment.task import load_task, template_path
 from engine.search.pool import InProcessPool
 from engine.views.live import LiveView
-from tests.conftest import ScriptedAgent
+from tests.conftest import ScriptedAgent, start_local_ray
 from tests.run_dirs import better_learning_rate
 
 BUDGET_S = 0.05
@@ -33,8 +33,19 @@ def by_status(search):
     return {status: [r for r in rows if r["status"] == status] for status in Status}
 
 
-def test_a_search_drains_at_max_experiments_without_ray(tmp_path):
-    ray.shutdown()  # whatever an earlier test left running: this search must not start Ray
+@pytest.fixture
+def without_ray():
+    """No Ray in this process while the test runs: the search must not start one. The session's
+    Ray (tests/conftest.py's ray_local), when an earlier test started it, is started again after:
+    later tests hold it."""
+    was_running = ray.is_initialized()
+    ray.shutdown()
+    yield
+    if was_running:
+        start_local_ray()
+
+
+def test_a_search_drains_at_max_experiments_without_ray(tmp_path, without_ray):
     search = search_of(tmp_path, [ScriptedAgent([]), ScriptedAgent([])], max_experiments=12)
     state = search.run()
     assert not ray.is_initialized()
@@ -45,9 +56,9 @@ def test_a_search_drains_at_max_experiments_without_ray(tmp_path):
     assert state.finished == 12 and state.by_kind["baseline"] == 3
 
 
-def test_without_ray_a_winner_is_not_tuned_and_the_search_says_so_once(tmp_path, caplog):
+def test_without_ray_a_winner_is_not_tuned_and_the_search_says_so_once(tmp_path, caplog,
+                                                                       without_ray):
     # Knob tuning runs in Ray Tune; over GPUs that are not Ray's it must not start a Ray of its own.
-    ray.shutdown()
     task = load_task(template_path())
     agents = [ScriptedAgent([better_learning_rate(task.files)]), ScriptedAgent([])]
     options = SearchOptions(agents=2, budget_s=BUDGET_S, max_experiments=24)  # tuning on
@@ -256,3 +267,4 @@ def test_a_resume_runs_again_what_the_stop_interrupted_and_keeps_every_result(tm
             assert after[exp_id]["finished_at"] == pytest.approx(row["finished_at"])
     assert second.ended == "--max-experiments 16 ran"
     assert len([r for r in after.values() if r["status"] == "ok"]) == 16
+

@@ -136,7 +136,7 @@ class SimulatedSearch:
         options = SearchOptions(agents=workers, noise_seeds=NOISE_RUNS, tune_trials=0,
                                 seed=population_seed % 2**31)
         self.core = Evolution(SPEC, Member(START, dict(START_FILES), []), options, "sim",
-                              self._promoted)
+                              self._promoted, self._committed)
         self.true = {START: 0.0}  # commit -> true value, what the scores are drawn around
         self.baseline = START  # the commit a promotion replaces, to judge it by true values
         self.running: list[tuple[float, int, Experiment, float, int]] = []  # heap
@@ -148,6 +148,7 @@ class SimulatedSearch:
         self.gain_at = rng.randint(GAIN_MARGIN, mutations - GAIN_MARGIN) if cell.gain else 0
         self.tally = Tally(searches=1)
         self.carrying_gain: set[str] = set()  # the gain candidate and its descendants
+        self.gain_line: str | None = None  # the line the gain candidate added, once proposed
         self.core.noise_runs()
 
     def run(self) -> Tally:
@@ -193,6 +194,8 @@ class SimulatedSearch:
         assert refusal is None, refusal
         experiment.commit = commit = f"m{self.proposed}"
         gain = self.cell.gain if self.proposed == self.gain_at else 0.0
+        if gain:
+            self.gain_line = line
         if gain or parent.commit in self.carrying_gain:
             self.carrying_gain.add(commit)
         self.true[commit] = self.true[parent.commit] - gain
@@ -210,6 +213,15 @@ class SimulatedSearch:
                                       worker))
         self.tally.runs += 1
         self.tally.extra_runs += experiment.kind.confirmation
+
+    def _committed(self, experiment: Experiment, parent_files: dict[str, str]) -> None:
+        """The core's commit of code it made (winners combined): it carries the gain when it
+        holds the line of the change that made it."""
+        experiment.commit = commit = f"c{experiment.exp_id}"
+        carries = self.gain_line is not None and self.gain_line in experiment.files["train.py"]
+        if carries:
+            self.carrying_gain.add(commit)
+        self.true[commit] = -self.cell.gain if carries else 0.0
 
     def _promoted(self, member: Member, reason: str) -> str:
         """The core's merge: the baseline stays at the candidate's own commit, so that its true

@@ -73,7 +73,7 @@ class Search:
         repo, start = self.run_dir.open_repo(task.path, task.files, start)
         self.recorder = recorder(self.run_dir, repo, self.spec)
         self.core = Evolution(self.spec, Member(start, dict(task.files), []), options,
-                              self.run_name, self.recorder.merge)
+                              self.run_name, self.recorder.merge, self.recorder.commit)
         self.ledger = Ledger(self.core, self.recorder, self.state, self.run_name, self.budget_s,
                              self._checkpoint)
         self.limits = Limits(options)

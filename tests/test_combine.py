@@ -34,3 +34,12 @@ def test_a_file_only_one_side_changed_or_added_is_taken_from_it():
 def test_a_file_one_side_deleted_and_the_other_changed_overlaps():
     ours = {"train.py": BASE["train.py"]}
     assert combine(BASE, ours, {**BASE, "prepare.py": "changed\n"}) is None
+
+
+def test_where_both_changed_the_same_lines_theirs_first_takes_theirs_and_keeps_our_others():
+    # The baseline moved A a little and changed D; the winner moved A further.
+    combined = combine(BASE, edited(A=10, D=40), edited(A=20), theirs_first=True)
+    assert combined == edited(A=20, D=40)
+    ours = {"train.py": BASE["train.py"]}  # prepare.py deleted here, changed there
+    assert combine(BASE, ours, {**BASE, "prepare.py": "changed\n"}, theirs_first=True) == {
+        **BASE, "prepare.py": "changed\n"}

@@ -1,5 +1,6 @@
 """The driver's own rules, on the real loop over the in-process GPU pool: no Ray here."""
 
+import dataclasses
 import errno
 import io
 import threading
@@ -268,3 +269,55 @@ def test_a_resume_runs_again_what_the_stop_interrupted_and_keeps_every_result(tm
     assert second.ended == "--max-experiments 16 ran"
     assert len([r for r in after.values() if r["status"] == "ok"]) == 16
 
+
+def test_a_combination_stopped_while_it_was_confirmed_resumes_under_its_own_id_and_commit(
+        tmp_path):
+    task = load_task(template_path())
+    start = task.files["train.py"].replace("N_EMBD = 128", "N_EMBD = 64")
+    task = dataclasses.replace(task, files={**task.files, "train.py": start})
+    winners = [start.replace("N_EMBD = 64", "N_EMBD = 128"),
+               start.replace("LEARNING_RATE = 3e-3", "LEARNING_RATE = 1e-2")]
+    options = SearchOptions(agents=2, budget_s=BUDGET_S, max_experiments=40, noise_seeds=3,
+                            confirm_seeds=2, tune_trials=0)
+
+    def agents():
+        return [ScriptedAgent([{"train.py": winners[0]}]),
+                ScriptedAgent([{"train.py": winners[1]}])]
+
+    first = Search(task, tmp_path / "run", options, agents(), run=null_experiment,
+                   pool=lambda: InProcessPool(2))
+
+    def combination_half_confirmed():
+        for commit, (runs, controls) in first.population.confirming.items():
+            member = first.population.confirmation(commit)[0]
+            if first.descriptions[member.exp_id].startswith("combine") and runs + controls < 4:
+                return member
+        return None
+
+    def stop_there():
+        if combination_half_confirmed():
+            raise KeyboardInterrupt
+
+    first.run(on_tick=stop_there)
+    combination = combination_half_confirmed()
+    due = first.population.confirming[combination.commit]
+
+    second = Search.resume(task, tmp_path / "run", options, agents(), run=null_experiment,
+                           pool=lambda: InProcessPool(2))
+    # The replay made the combination again under the id and commit it had: its confirmation
+    # goes on from where it stopped, with the runs journaled for it.
+    assert second.problems == []
+    assert second.population.confirming[combination.commit] == due
+    assert second.population.confirmation(combination.commit)[0].exp_id == combination.exp_id
+    journaled = {entry["exp_id"] for entry in second.run_dir.journal().entries()}
+    waiting = [e for e in second.core.queue if e.confirms == combination.commit]
+    assert len(waiting) == sum(due) and {e.exp_id for e in waiting} <= journaled
+    second.run()
+    promoted = [member.exp_id for member in second.population.promotions]
+    assert promoted[-1] == combination.exp_id
+    assert "N_EMBD = 128" in second.population.baseline.files["train.py"]
+    assert "LEARNING_RATE = 1e-2" in second.population.baseline.files["train.py"]
+    trained = [r["exp_id"] for r in second.store.rows() if Status(r["status"]).trained]
+    assert len(trained) == len(set(trained))  # nothing ran twice
+    verified = Search.resume(task, tmp_path / "run", options, [], write=False)
+    assert verified.problems == []

@@ -92,7 +92,11 @@ def new_core():
         merges.append(member.exp_id)
         return f"merge-of-{member.commit}"
 
-    evolution = Evolution(task.spec, Member("start", dict(task.files), []), options, "run", merge)
+    def commit(experiment, parent_files):
+        experiment.commit = f"c-{experiment.exp_id}"
+
+    evolution = Evolution(task.spec, Member("start", dict(task.files), []), options, "run", merge,
+                          commit)
     evolution.merges = merges
     return evolution
 
@@ -154,6 +158,39 @@ def test_a_candidate_confirmed_beyond_the_noise_is_merged_and_becomes_the_baseli
         core.tell(result_of(core, run, 1.0 if run.kind is Kind.CONFIRM else 2.0))
     assert core.merges == [child.exp_id]
     assert core.population.baseline.commit == f"merge-of-{child.commit}"
+
+
+def test_two_winners_found_at_once_are_combined_committed_and_confirmed_at_once(core):
+    measure_the_noise(core)
+    start = core.parent(0).files["train.py"]
+    edits = [start.replace("N_EMBD = 128", "N_EMBD = 192"),
+             start.replace("LEARNING_RATE = 3e-3", "LEARNING_RATE = 6e-3")]
+    winners = []
+    for island, train in enumerate(edits):
+        experiment, _ = core.admit(island, core.parent(island), Proposal(
+            f"edit {island}", {"train.py": train}), "scripted")
+        experiment.commit = f"w{island}"
+        winners.append(*core.enqueue(experiment))
+    ask_all(core)
+    for winner in winners:
+        core.tell(result_of(core, winner, 1.0), winner)
+    for run in ask_all(core):  # the first winner's runs are told first: it is promoted
+        told = core.tell(result_of(core, run, 1.0 if run.kind is Kind.CONFIRM else 2.0), run)
+    assert core.merges == [winners[0].exp_id]
+    # The second beat its own controls: its change on the new baseline is committed by the
+    # core's `commit`, queued, and confirmed from the start, not screened first.
+    combination, *runs = told.queued
+    assert combination.agent == "merge" and combination.commit == f"c-{combination.exp_id}"
+    assert "N_EMBD = 192" in combination.files["train.py"]
+    assert "LEARNING_RATE = 6e-3" in combination.files["train.py"]
+    assert [(e.kind, e.confirms) for e in runs] == [
+        (Kind.CONTROL, combination.commit), (Kind.CONFIRM, combination.commit)] * 2
+    assert ask_all(core) == runs + [combination]
+    # Its own run, far ahead of the baseline, queues no second confirmation of it.
+    assert core.tell(result_of(core, combination, 0.5), combination).queued == []
+    for run in runs:
+        core.tell(result_of(core, run, 0.5 if run.kind is Kind.CONFIRM else 1.0), run)
+    assert core.merges == [winners[0].exp_id, combination.exp_id]
 
 
 SET_ASIDE = "once comments, formatting and number spelling are set aside"

@@ -181,7 +181,7 @@ def test_make_agents_refuses_models_that_do_not_fit(name, models, message):
 
 def a_search_core(template) -> Evolution:
     return Evolution(template.spec, Member("start", dict(template.files), []),
-                     SearchOptions(agents=1), "run", merge=None)
+                     SearchOptions(agents=1), "run", merge=None, commit=None)
 
 
 def test_a_proposal_that_comes_back_soon_after_the_stop_is_handed_over_with_its_cost(
@@ -213,7 +213,7 @@ folder.create()
 folder.log_to(console=True, verbose=verbose)
 task = load_task(template_path())
 core = Evolution(task.spec, Member("start", dict(task.files), []), SearchOptions(agents=1),
-                 "run", merge=None)
+                 "run", merge=None, commit=None)
 reply = "\n".join(["DESCRIPTION: wider", "train.py", "<<<<<<< SEARCH", "N_EMBD = 128",
                     "=======", "N_EMBD = 192", ">>>>>>> REPLACE", ""])
 router = make_router([ModelSpec("openai/smollm2")], api_key="none", mock_delay=delay)

@@ -263,6 +263,40 @@ def test_a_winner_whose_change_overlaps_the_new_baseline_is_confirmed_again_inst
         "confirm"]
 
 
+def test_a_winner_that_moved_a_line_the_new_baseline_moved_too_is_combined_with_its_own():
+    made = population()
+    start = made.baseline.files["train.py"] = "A = 1\nB = 2\nC = 3\nD = 4\nE = 5\n"
+    # The first winner moved A half way and changed E; the second moved A all the way.
+    first = Member("first", {"train.py": start.replace("A = 1", "A = 3").replace("E = 5", "E = 9")},
+                   [2.90], "first")
+    second = Member("second", {"train.py": start.replace("A = 1", "A = 5")}, [2.85], "second")
+    observe(made, 0, first)
+    observe(made, 1, second)
+    confirm(made, "first", [2.90, 2.91, 2.89], [3.00, 3.01, 2.99])
+    made.rebase_baseline("merged-first")
+    decisions = confirm(made, "second", [2.85, 2.86, 2.84], [3.00, 3.01, 2.99])
+    # Refusing to combine would lose the first's other change or the second's whole gain: its
+    # line is taken, the baseline's other change kept, and the confirmation decides.
+    assert kinds(decisions) == ["combine"]
+    assert decisions[0].files == {"train.py": "A = 5\nB = 2\nC = 3\nD = 4\nE = 9\n"}
+
+
+def test_a_combination_is_confirmed_at_once_and_its_own_run_is_not_screened():
+    made, start = population(), "A = 1\nB = 2\nC = 3\n"
+    first_promoted(made, start, 2.90)
+    combined = Member("combined", {"train.py": "A = 5\nB = 2\nC = 7\n"}, [], "combined")
+    decision = made.confirm_combination(1, combined, "cpu", "two winners")
+    assert (decision.kind, decision.member, decision.against.commit) == (
+        "confirm", combined, "merged-first")
+    assert made.confirming == {"combined": (3, 3)}
+    # Its own run, far ahead, queues no second confirmation of it.
+    ahead = Member("combined", combined.files, [2.50], "combined")
+    assert "confirm" not in kinds(made.observe_child(1, made.baseline, ahead, Attempt(
+        "combined", "ok", None, None), screen=False))
+    assert kinds(confirm(made, "combined", [2.80, 2.81, 2.79], [2.90, 2.91, 2.89])) == [
+        "promote"]
+
+
 def test_a_candidate_from_an_island_still_on_an_older_baseline_is_combined_with_the_new_one():
     made, start = population(), "A = 1\nB = 2\nC = 3\nD = 4\n"
     first_promoted(made, start, 2.90)

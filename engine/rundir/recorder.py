@@ -86,6 +86,11 @@ class Recorder:
     def _merge_missing(self, member: Member, reason: str) -> str:
         return self.merge(member, reason)
 
+    def commit_missing(self, experiment: Experiment, parent_files: dict[str, str]) -> None:
+        """Code the search made (winners combined) that a resume meets again, but which the stop
+        cut off before it was journaled."""
+        self.commit(experiment, parent_files)
+
     def reconcile(self, population: Population, results: list[Result]) -> None:
         """After a replay: move the branches and add the notes the results call for."""
         self.problems += self.branches.reconcile(population, results, write=True)
@@ -128,6 +133,9 @@ class DryRecorder(Recorder):
     def _merge_missing(self, member: Member, reason: str) -> str:
         self.problems.append(f"the promotion of {member.exp_id} is not on the baseline branch")
         return member.commit
+
+    def commit_missing(self, experiment: Experiment, parent_files: dict[str, str]) -> None:
+        self.problems.append(f"the combination {experiment.description!r} is not in the journal")
 
     def reconcile(self, population: Population, results: list[Result]) -> None:
         self.problems += self.branches.reconcile(population, results, write=False)

@@ -10,10 +10,12 @@ Its surface is ask and tell, as in Optuna's `ask`/`tell`:
     enqueue(experiment)               queue it (the caller journals what this returns)
     ask(can_start)                    the next experiment for a free GPU
     tell(result)                      a result -> the decisions the branches follow, and the
-                                      confirmation runs it queued (to be journaled)
+                                      experiments it queued (to be journaled): confirmation
+                                      runs, and winners combined, which it has had committed
 
 No Ray, git, threads or files here (tests/test_evolution.py checks its imports): the driver
-(engine/driver.py) runs it against a GPU pool and a recorder, resume replays the stored results
+(engine/driver.py) runs it against a GPU pool and a recorder (whose `merge` and `commit` it is
+given), resume replays the stored results
 through the same `tell`, and a simulator can run it on a clock of its own.
 """
 
@@ -39,8 +41,12 @@ from engine.search.tuning_gate import TuningGate
 
 log = logging.getLogger("autoresearch")
 
+COMBINED = "merge"  # the agent a combination of winners is made by, in its row and journal entry
 # Merges a promoted member into the baseline and returns the commit the baseline is now at.
 Merge = Callable[[Member, str], str]
+# Commits an experiment's files on its parent (whose files are the second argument) and sets the
+# experiment's commit.
+Commit = Callable[[Experiment, dict[str, str]], None]
 
 
 @dataclass
@@ -49,18 +55,17 @@ class Told:
 
     decisions: list[Decision] = field(default_factory=list)
     queued: list[Experiment] = field(default_factory=list)
-    # Queued experiments of code the core made (winners combined), each with its parent's files:
-    # the caller commits them before it journals them.
-    new_code: list[tuple[Experiment, dict[str, str]]] = field(default_factory=list)
 
 
 class Evolution:
     """The population and everything the search decides with it; see the module docstring."""
 
     def __init__(self, spec: Spec, start: Member, options: SearchOptions, run_name: str,
-                 merge: Merge) -> None:
+                 merge: Merge, commit: Commit) -> None:
         self.spec, self.options, self.run_name = spec, options, run_name
-        self.merge = merge  # replaced by a resume's recorder while it replays
+        # Both replaced while a resume replays, to find what was made before the stop.
+        self.merge = merge
+        self.commit = commit  # commits the code the core makes (winners combined)
         self.population = Population(spec.objective, start, options.agents,
                                      confirm_seeds=options.confirm_seeds, seed=options.seed)
         self.queue: deque[Experiment] = deque()  # journaled, waiting for a GPU
@@ -220,8 +225,9 @@ class Evolution:
         attempt = briefing.attempt(self.spec, experiment, result, parent,
                                    self._measured.get(experiment.parent))
         decisions = self.population.observe_child(experiment.island, parent, child, attempt,
-                                                  confirm_because=confirm_because)
-        if experiment.kind is Kind.MUTATION and experiment.agent != "merge":
+                                                  confirm_because=confirm_because,
+                                                  screen=experiment.agent != COMBINED)
+        if experiment.kind is Kind.MUTATION and experiment.agent != COMBINED:
             self.bandit.told(experiment.strategy, experiment.model,
                              child.exp_id in self.population.kept, experiment.cost_usd)
         self._apply(decisions, told)
@@ -254,7 +260,7 @@ class Evolution:
                 told.decisions += self.population.migrate()
             elif decision.kind == "combine":
                 log.info("combining %s with the baseline: %s", member.exp_id, decision.reason)
-                self._combination(member, island, decision.files, told)
+                self._combination(member, island, decision, told)
             elif decision.kind == "reject_promotion":
                 log.info("not promoted %s: %s", member.exp_id, decision.reason)
             if decision.kind in ("promote", "reject_promotion"):
@@ -263,23 +269,28 @@ class Evolution:
         for experiment, result in released:
             self._judge_best_trial(experiment, result, told)
 
-    def _combination(self, member: Member, island: int, files: dict[str, str],
+    def _combination(self, member: Member, island: int, decision: Decision,
                      told: Told) -> None:
-        """Queue the combination of `member` with the baseline as a new experiment on the
-        baseline, ahead of the agents' proposals (unless that code ran already)."""
-        baseline = self.population.baseline
+        """Commit the combination of `member` with the baseline and queue it ahead of the agents'
+        proposals, with its confirmation (unless that code ran already). Its parts are winners
+        already, or passed a screen: its confirmation starts at once, beside its own run, rather
+        than after a screen of it one experiment length later."""
+        baseline, files = self.population.baseline, decision.files
         code = code_hash(files, self.spec.editable_files)
         if code in self.seen_code:
             return
         exp_id = self._new_id()
-        self.seen_code.remember(code, exp_id, baseline.commit)
         experiment = Experiment(
             exp_id, Kind.MUTATION, island, "", baseline.commit, files,
             f"combine {member.exp_id} with the baseline ({baseline.exp_id or 'the start'})",
-            self._fresh_seed(exp_id), "merge", code=code)
+            self._fresh_seed(exp_id), COMBINED, code=code)
         experiment.seed_only = changes_only_randomness(baseline.files, files)
-        told.new_code.append((experiment, baseline.files))
+        self.commit(experiment, baseline.files)  # on resume: the id and commit it had
+        self.seen_code.remember(code, experiment.exp_id, baseline.commit)
         told.queued += self.enqueue(experiment, first=True)
+        self._apply([self.population.confirm_combination(
+            island, Member(experiment.commit, files, [], experiment.exp_id),
+            decision.accelerator, decision.reason)], told)
 
     def _confirmation_runs(self, member: Member, island: int, baseline: Member, accelerator: str,
                            runs: int, controls: int) -> list[Experiment]:

@@ -38,8 +38,6 @@ class Ledger:
                **columns) -> None:
         """Record the result durably, then let the core decide, then write what it decided."""
         told = self.core.tell(self.record(experiment, outcome, **columns), experiment)
-        for made, parent_files in told.new_code:
-            self.recorder.commit(made, parent_files)
         self.recorder.journal(told.queued)
         for decision in told.decisions:
             if decision.kind in ("advance", "reseed"):

@@ -26,9 +26,12 @@ The rules, in the order a result meets them:
   inverse variance. A candidate whose runs all give the very same score while the controls do not
   is ignoring its seed: never promoted. Either way its level is now that of its unselected runs.
 - A candidate whose baseline was replaced while it was being confirmed, and which beat the one it
-  was confirmed against, is combined with the new one (a three-way merge, engine/search/combine.py),
-  together with every other such winner whose changes do not overlap, and the combination is
-  tested like any child. Otherwise (the changes overlap, or it did not beat its own controls) its
+  was confirmed against, is combined with the new one (a three-way merge, engine/search/combine.py;
+  where both changed the same lines, the candidate's are kept), together with every other such
+  winner whose changes do not overlap. The combination is confirmed at once, beside its own run,
+  which is not screened: its parts passed a confirmation or a screen already, and the screen only
+  saves GPU time (its confirmation decides). Otherwise (the combination is the candidate itself,
+  or it did not beat its own controls) its
   runs are tested against the new baseline's latest runs, fresh runs made in about the same
   window of time: beyond the noise, it replaces the new baseline at once (on a wide search many
   candidates are confirmed side by side, and the first to finish is not always the best); ahead
@@ -44,6 +47,7 @@ The rules, in the order a result meets them:
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from engine.experiment.objective import Objective
@@ -96,6 +100,9 @@ class Population:
         # island or a score (most results are discarded and change neither).
         self._best_kept: tuple[int, list[Member]] | None = None  # how many asked, the best
         self._rng = random.Random(seed)
+        # Reads a commit's files: set while a resume replays (engine/search/replay.py), whose
+        # members come without them, for the decisions that read code (combinations).
+        self.files_at: Callable[[str], dict[str, str]] | None = None
 
     # -- the baseline and the noise ------------------------------------------------------------
 
@@ -140,10 +147,11 @@ class Population:
     # -- judging results ------------------------------------------------------------------------
 
     def observe_child(self, island: int, parent: Member, child: Member, attempt: Attempt, *,
-                      confirm_because: str = "") -> list[Decision]:
+                      confirm_because: str = "", screen: bool = True) -> list[Decision]:
         """A mutation's result: `child.runs` holds its one run (with its accelerator type), or
         nothing when it has no score. `confirm_because` names why it is judged (a tuning trial:
-        the best of its trials so far) in the confirmation's reason."""
+        the best of its trials so far) in the confirmation's reason; without `screen` (a
+        combination, confirmed at once) it is not considered for a confirmation."""
         home = self.islands[island]
         home.history.append(attempt)
         self._descends[child.commit] = self._descends.get(parent.commit, self.baseline)
@@ -162,7 +170,8 @@ class Population:
                 decisions.append(Decision("advance", island, child))
         else:
             decisions = [Decision("discard", island, child)]
-        decisions += self._screen(island, parent, child, confirm_because)
+        if screen:
+            decisions += self._screen(island, parent, child, confirm_because)
         return self._maybe_reseed(home, decisions)
 
     def observe_confirmation(self, commit: str, objective: float | None,
@@ -218,7 +227,8 @@ class Population:
                        f"(screen {base_margin:.4g}) and its parent by {over_parent:.4g}")
             else:
                 return []
-            combined = self._combination(island, child, base, f"{why}, on an older baseline")
+            combined = self._combination(island, child, base, accelerator,
+                                         f"{why}, on an older baseline")
             if combined is not None:
                 return [combined]
         if advantage <= margin:
@@ -227,6 +237,15 @@ class Population:
             f"one run beats the baseline by {advantage:.4g} (screen {margin:.4g}): confirming on "
             f"{self.confirm_seeds} fresh seeds beside {self.confirm_seeds} control runs")
         return [self._confirm(island, child, accelerator, reason)]
+
+    def confirm_combination(self, island: int, member: Member, accelerator: str,
+                            why: str) -> Decision:
+        """The combination a "combine" decision asked for, committed as `member`, to be confirmed
+        at once on `accelerator`."""
+        self._descends[member.commit] = self.baseline
+        return self._confirm(island, member, accelerator, f"{why}: confirming on "
+                             f"{self.confirm_seeds} fresh seeds beside {self.confirm_seeds} "
+                             "control runs")
 
     def _confirm(self, island: int, member: Member, accelerator: str,
                  reason: str) -> Decision:
@@ -290,24 +309,27 @@ class Population:
         replaced meanwhile: its changes on top of the new baseline, when they do not overlap."""
         won, summary = self.compare.test(pending.runs, pending.controls)
         if won:
-            self._winners.add(pending.base, pending.member)
-        return self._combination(pending.island, pending.member, pending.base, (
+            self._winners.add(self._with_code(pending.base), self._with_code(pending.member))
+        return self._combination(pending.island, pending.member, pending.base,
+                                 pending.accelerator, (
             f"it beat the baseline it was confirmed against ({summary}), which "
             f"{self.baseline.exp_id} replaced meanwhile")) if won else None
 
-    def _combination(self, island: int, member: Member, base: Member,
+    def _combination(self, island: int, member: Member, base: Member, accelerator: str,
                      why: str) -> Decision | None:
-        """`member`'s changes since `base` on top of the baseline, as a candidate to run: it
-        keeps the gains of both, where promoting `member` alone would drop the baseline's. None
-        when they overlap, or one holds the other."""
-        files = combine(base.files, self.baseline.files, member.files)
-        if files is None or files in (self.baseline.files, member.files):
+        """`member`'s changes since `base` on top of the baseline (`member`'s lines where both
+        changed the same ones), as a candidate to confirm: it keeps the gains of both, where
+        promoting `member` alone would drop the baseline's. None when it is the baseline or
+        `member` itself."""
+        base, baseline, member = map(self._with_code, (base, self.baseline, member))
+        files = combine(base.files, baseline.files, member.files, theirs_first=True)
+        if files in (baseline.files, member.files):
             return None
         files, bundled = self._winners.bundle(files, self.baseline.files, leave_out=member)
         also = f", with those of {', '.join(bundled)}" if bundled else ""
         return Decision("combine", island, member, against=self.baseline, files=files,
-                        reason=f"{why}: its changes on the baseline{also} are tested like any "
-                               "candidate")
+                        accelerator=accelerator,
+                        reason=f"{why}: its changes on the baseline{also}")
 
     def migrate(self) -> list[Decision]:
         """After a promotion: every island whose head is not ahead of the new baseline starts
@@ -401,6 +423,12 @@ class Population:
                   against: Member) -> tuple[float, float]:
         """How far `values` are ahead of `against`, and how far they must be to be confirmed."""
         return self.compare.screened(values, accelerator, against, self.baseline)
+
+    def _with_code(self, member: Member) -> Member:
+        """`member`, its files read where a replay made it without them."""
+        if not member.files and self.files_at is not None:
+            member.files = self.files_at(member.commit)
+        return member
 
     def _bounded_archive(self, members: list[Member]) -> list[Member]:
         return self.objective.ranked(members, lambda m: m.objective)[:ARCHIVE_SIZE]

@@ -9,6 +9,7 @@ runs the same replay over a DryRecorder, which writes nothing and lists what it 
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from engine.experiment.records import Experiment, Status
 from engine.experiment.task import Task
 from engine.rundir.layout import RunDir
 from engine.rundir.recorder import DryRecorder, Recorder
+from engine.search.evolution import COMBINED
 
 log = logging.getLogger("autoresearch")
 
@@ -32,12 +34,18 @@ def resume(search_class, task: Task, run_dir: Path, options, agents, run=None, *
     core, recorder, state = search.core, search.recorder, search.state
     entries = {entry["exp_id"]: entry for entry in folder.journal().entries()}
     results = recorder.store.results()
-    # The code of every experiment first, as the live core had it when it made each: a
-    # combination the replay meets is then known by the id it was journaled under.
+    # The code of every proposal first, as the live core had it when it made each. A
+    # combination of winners is made again when the replay meets it, and takes the id and commit
+    # it was journaled under (its confirmation runs name that commit).
+    combinations = {}
     for exp_id, entry in entries.items():
-        if entry.get("code"):
+        if entry.get("agent") == COMBINED:
+            combinations[entry["parent"], entry.get("code")] = entry
+        elif entry.get("code"):
             core.seen_code.remember(entry["code"], exp_id, entry["parent"])
     core.merge = recorder.replayed_merge
+    core.commit = functools.partial(_replayed_commit, combinations, recorder)
+    core.population.files_at = recorder.repo.files_at
     completed: set[str] = set()
     for result in results:
         state.add(result)
@@ -48,7 +56,8 @@ def resume(search_class, task: Task, run_dir: Path, options, agents, run=None, *
             completed.add(result.exp_id)
         if result.status is not Status.INTERRUPTED:
             core.tell(result, _experiment_of(entries.get(result.exp_id, {}), result.to_row()))
-    core.merge = recorder.merge
+    core.merge, core.commit = recorder.merge, recorder.commit
+    core.population.files_at = None
     ids = [int(exp_id[1:]) for exp_id in [*entries, *(result.exp_id for result in results)]]
     core.next_id = max(ids, default=0)
     core.submitted = state.finished_before = len(completed)
@@ -70,6 +79,17 @@ def resume(search_class, task: Task, run_dir: Path, options, agents, run=None, *
         log.info("resume: %d experiments queued again", len(core.queue))
     recorder.reconcile(core.population, results)
     return search
+
+
+def _replayed_commit(combinations: dict[tuple[str, str], dict], recorder: Recorder,
+                     experiment: Experiment, parent_files: dict[str, str]) -> None:
+    """A combination met again while a resume replays: the id and commit it had, or committed
+    now when the stop came before it was journaled."""
+    entry = combinations.get((experiment.parent, experiment.code))
+    if entry is None:
+        recorder.commit_missing(experiment, parent_files)
+    else:
+        experiment.exp_id, experiment.commit = entry["exp_id"], entry["commit"]
 
 
 def _experiment_of(entry: dict, row: dict) -> Experiment:

@@ -15,8 +15,8 @@ Its surface is ask and tell, as in Optuna's `ask`/`tell`:
 
 No Ray, git, threads or files here (tests/test_evolution.py checks its imports): the driver
 (engine/driver.py) runs it against a GPU pool and a recorder (whose `merge` and `commit` it is
-given), resume replays the stored results
-through the same `tell`, and a simulator can run it on a clock of its own.
+given), resume replays the stored results through the same `tell`, and a simulator can run it on
+a clock of its own.
 """
 
 from __future__ import annotations

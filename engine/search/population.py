@@ -31,12 +31,11 @@ The rules, in the order a result meets them:
   winner whose changes do not overlap. The combination is confirmed at once, beside its own run,
   which is not screened: its parts passed a confirmation or a screen already, and the screen only
   saves GPU time (its confirmation decides). Otherwise (the combination is the candidate itself,
-  or it did not beat its own controls) its
-  runs are tested against the new baseline's latest runs, fresh runs made in about the same
-  window of time: beyond the noise, it replaces the new baseline at once (on a wide search many
-  candidates are confirmed side by side, and the first to finish is not always the best); ahead
-  but within the noise, it is confirmed again, against the new baseline. A child of code an older
-  baseline led to is combined with today's too.
+  or it did not beat its own controls) its runs are tested against the new baseline's latest
+  runs, fresh runs made in about the same window of time: beyond the noise, it replaces the new
+  baseline at once (on a wide search many candidates are confirmed side by side, and the first
+  to finish is not always the best); ahead but within the noise, it is confirmed again, against
+  the new baseline. A child of code an older baseline led to is combined with today's too.
 - An island whose head lags the baseline and has not advanced for `reseed_after` results is
   reseeded from the baseline.
 - Parents are mostly the island's head; sometimes another archive member, favouring good ones with
@@ -306,7 +305,7 @@ class Population:
 
     def _combined(self, pending: _Confirmation) -> Decision | None:
         """For a candidate that beat the baseline it was confirmed against, which another winner
-        replaced meanwhile: its changes on top of the new baseline, when they do not overlap."""
+        replaced meanwhile: its changes on top of the new baseline, unless that is itself."""
         won, summary = self.compare.test(pending.runs, pending.controls)
         if won:
             self._winners.add(self._with_code(pending.base), self._with_code(pending.member))

@@ -20,11 +20,11 @@ $(BIN)/.installed: pyproject.toml
 setup: $(BIN)/.installed
 
 # A real search of the bundled task on this machine: 2 experiments at once (2 logical GPUs where
-# there is none), the offline proposer, 15 s of training each, 32 experiments, 4 tuning trials
+# there is none), the offline proposer, 15 s of training each, 48 experiments, 4 tuning trials
 # after each promotion (about 10 minutes on 2 CPU cores).
 demo: setup
 	$(BIN)/autoresearch search train_template --gpus 2 --agents 3 --budget 15 \
-		--strategies bold,refine,simplify --max-experiments 32 --tune-trials 4 --run-dir runs/demo-$$(date +%Y%m%d-%H%M%S)
+		--strategies bold,refine,simplify --max-experiments 48 --tune-trials 4 --run-dir runs/demo-$$(date +%Y%m%d-%H%M%S)
 
 test: setup
 	$(BIN)/ruff check .

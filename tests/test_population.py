@@ -210,18 +210,25 @@ def test_a_candidate_the_new_baseline_has_overtaken_is_not_confirmed_again():
     assert made.baseline.commit == "big"
 
 
-def test_two_winners_found_at_once_on_different_lines_are_combined():
-    made = population()
-    start = made.baseline.files["train.py"] = "A = 1\nB = 2\nC = 3\n"
-    first = Member("first", {"train.py": start.replace("A = 1", "A = 5")}, [2.90], "first")
-    second = Member("second", {"train.py": start.replace("C = 3", "C = 7")}, [2.90], "second")
-    observe(made, 0, first)
-    observe(made, 1, second)
+def the_second_of_two_winners(made: Population, start: str, first: str, second: str,
+                              second_runs: list[float]):
+    """Two winners found at once on `start` (islands 0 and 1): the first confirmed and promoted
+    as "merged-first", then the second's confirmation, on `second_runs` against the old
+    baseline's controls. Returns what that decides."""
+    made.baseline.files["train.py"] = start
+    observe(made, 0, Member("first", {"train.py": first}, [2.90], "first"))
+    observe(made, 1, Member("second", {"train.py": second}, second_runs[:1], "second"))
     confirm(made, "first", [2.90, 2.91, 2.89], [3.00, 3.01, 2.99])
     made.rebase_baseline("merged-first")
+    return confirm(made, "second", second_runs, [3.00, 3.01, 2.99])
+
+
+def test_two_winners_found_at_once_on_different_lines_are_combined():
+    made, start = population(), "A = 1\nB = 2\nC = 3\n"
     # The second beat the baseline it was confirmed against; its change and the first's stand
     # apart: both are tested together, like any candidate.
-    decisions = confirm(made, "second", [2.90, 2.91, 2.89], [3.00, 3.01, 2.99])
+    decisions = the_second_of_two_winners(made, start, start.replace("A = 1", "A = 5"),
+                                          start.replace("C = 3", "C = 7"), [2.90, 2.91, 2.89])
     assert kinds(decisions) == ["combine"]
     assert decisions[0].files == {"train.py": "A = 5\nB = 2\nC = 7\n"}
     assert decisions[0].against.commit == "merged-first"
@@ -250,31 +257,21 @@ def test_winners_that_come_in_together_are_combined_in_one_candidate_not_one_at_
 
 
 def test_a_winner_whose_change_overlaps_the_new_baseline_is_confirmed_again_instead():
-    made = population()
-    start = made.baseline.files["train.py"] = "A = 1\nB = 2\n"
-    first = Member("first", {"train.py": start.replace("A = 1", "A = 5")}, [2.90], "first")
-    second = Member("second", {"train.py": start.replace("A = 1", "A = 6")}, [2.80], "second")
-    observe(made, 0, first)
-    observe(made, 1, second)
-    confirm(made, "first", [2.90, 2.91, 2.89], [3.00, 3.01, 2.99])
-    made.rebase_baseline("merged-first")
-    # not combined: judged against the new baseline, whose change it would drop
-    assert kinds(confirm(made, "second", [2.875, 2.885, 2.865], [3.00, 3.01, 2.99])) == [
+    made, start = population(), "A = 1\nB = 2\n"
+    # Its line replaces the baseline's only change: the combination would be the winner itself,
+    # so it is judged against the new baseline, ahead of it within the noise.
+    assert kinds(the_second_of_two_winners(
+        made, start, start.replace("A = 1", "A = 5"), start.replace("A = 1", "A = 6"),
+        [2.875, 2.885, 2.865])) == [
         "confirm"]
 
 
 def test_a_winner_that_moved_a_line_the_new_baseline_moved_too_is_combined_with_its_own():
-    made = population()
-    start = made.baseline.files["train.py"] = "A = 1\nB = 2\nC = 3\nD = 4\nE = 5\n"
+    made, start = population(), "A = 1\nB = 2\nC = 3\nD = 4\nE = 5\n"
     # The first winner moved A half way and changed E; the second moved A all the way.
-    first = Member("first", {"train.py": start.replace("A = 1", "A = 3").replace("E = 5", "E = 9")},
-                   [2.90], "first")
-    second = Member("second", {"train.py": start.replace("A = 1", "A = 5")}, [2.85], "second")
-    observe(made, 0, first)
-    observe(made, 1, second)
-    confirm(made, "first", [2.90, 2.91, 2.89], [3.00, 3.01, 2.99])
-    made.rebase_baseline("merged-first")
-    decisions = confirm(made, "second", [2.85, 2.86, 2.84], [3.00, 3.01, 2.99])
+    decisions = the_second_of_two_winners(
+        made, start, start.replace("A = 1", "A = 3").replace("E = 5", "E = 9"),
+        start.replace("A = 1", "A = 5"), [2.85, 2.86, 2.84])
     # Refusing to combine would lose the first's other change or the second's whole gain: its
     # line is taken, the baseline's other change kept, and the confirmation decides.
     assert kinds(decisions) == ["combine"]

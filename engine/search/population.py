@@ -324,7 +324,7 @@ class Population:
         files = combine(base.files, baseline.files, member.files, theirs_first=True)
         if files in (baseline.files, member.files):
             return None
-        files, bundled = self._winners.bundle(files, self.baseline.files, leave_out=member)
+        files, bundled = self._winners.bundle(files, baseline.files, leave_out=member)
         also = f", with those of {', '.join(bundled)}" if bundled else ""
         return Decision("combine", island, member, against=self.baseline, files=files,
                         accelerator=accelerator,

@@ -256,6 +256,40 @@ def test_winners_that_come_in_together_are_combined_in_one_candidate_not_one_at_
     assert decisions[0].files == {"train.py": "A = 5\nB = 2\nC = 8\nD = 4\nE = 9\n"}
 
 
+def two_candidates(made: Population) -> str:
+    """A small gain (A) and a large one (C), found at once on islands 0 and 1 and confirmed side
+    by side, the small one first. Returns the starting code."""
+    start = made.baseline.files["train.py"] = "A = 1\nB = 2\nC = 3\n"
+    observe(made, 0, Member("small", {"train.py": "A = 5\nB = 2\nC = 3\n"}, [2.90], "small"))
+    observe(made, 1, Member("large", {"train.py": "A = 1\nB = 2\nC = 7\n"}, [2.80], "large"))
+    assert set(made.confirming) == {"small", "large"}
+    return start
+
+
+def test_winners_confirmed_side_by_side_are_decided_together_the_best_promoted():
+    made = population()
+    two_candidates(made)
+    # The large gain's first runs are in when the small one's confirmation ends: it is waited for.
+    decisions = made.observe_control("large", 3.00) + made.observe_confirmation("large", 2.80)
+    decisions += confirm(made, "small", [2.90, 2.91, 2.89], [3.00, 3.01, 2.99])
+    assert decisions == []
+    decisions = confirm(made, "large", [2.81, 2.79], [3.01, 2.99])
+    # Promoted as they ended, the small gain would have been promoted first, and the large one
+    # combined with it and confirmed once more: one experiment length later.
+    assert kinds(decisions) == ["promote", "reject_promotion", "combine"]
+    assert made.baseline.commit == "large"
+    assert "large, confirmed beside it, by more" in decisions[1].reason
+    assert decisions[2].files == {"train.py": "A = 5\nB = 2\nC = 7\n"}
+
+
+def test_a_confirmation_that_ended_does_not_wait_for_one_whose_runs_have_not_begun():
+    made = population()
+    two_candidates(made)
+    decisions = confirm(made, "small", [2.90, 2.91, 2.89], [3.00, 3.01, 2.99])
+    assert kinds(decisions) == ["promote"]
+    assert made.confirming == {"large": (3, 3)}
+
+
 def test_a_winner_whose_change_overlaps_the_new_baseline_is_confirmed_again_instead():
     made, start = population(), "A = 1\nB = 2\n"
     # Its line replaces the baseline's only change: the combination would be the winner itself,
@@ -333,7 +367,7 @@ def test_a_winner_whose_result_comes_back_after_its_island_was_reseeded_is_combi
 
 def test_after_a_promotion_every_island_behind_the_new_baseline_starts_from_it_at_once():
     made = population(islands=3)
-    observe(made, 0, child("ahead", 2.95))  # kept on island 0, but not a candidate
+    observe(made, 0, child("ahead", 2.97))  # kept on island 0, but not a candidate
     observe(made, 1, child("winner", 2.50))
     confirm(made, "winner", [2.50, 2.51, 2.49], [3.00, 3.01, 2.99])
     made.rebase_baseline("merged-winner")

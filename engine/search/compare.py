@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from typing import NamedTuple
 
 from engine.experiment.objective import Objective
 from engine.search.members import Member
@@ -26,6 +27,15 @@ ALPHA = 0.01
 SCREEN_Z = 2.0
 
 Runs = list[tuple[float, str]]  # scores, each with the accelerator type it ran on
+
+
+class Verdict(NamedTuple):
+    """A test's outcome: whether the runs won, the figures in words, and by how much they are
+    ahead (on the objective's scale, positive when better)."""
+
+    won: bool
+    summary: str
+    advantage: float
 
 
 class Comparison:
@@ -54,7 +64,7 @@ class Comparison:
         return self.objective.advantage(statistics.fmean(values), reference), margin
 
     def test(self, runs: Runs, controls: Runs, *,
-             controls_are: str = "control runs") -> tuple[bool, str]:
+             controls_are: str = "control runs") -> Verdict:
         """Whether a candidate's runs beat the control runs beyond the noise: a one-sided
         t-test on the pooled sigma, type by type, the types combined by inverse variance; and
         the figures, in words (`controls_are` names the controls there)."""
@@ -73,13 +83,14 @@ class Comparison:
             weights += weight
             df = type_df if df is None else min(df, type_df)
         if df is None:
-            return False, (f"{len(runs)} runs and {len(controls)} {controls_are} share no "
-                           "accelerator type with a measured noise: nothing to compare")
+            return Verdict(False, f"{len(runs)} runs and {len(controls)} {controls_are} share no "
+                           "accelerator type with a measured noise: nothing to compare", 0.0)
         advantage /= weights
         statistic, critical = advantage * math.sqrt(weights), t_quantile(self.alpha, df)
-        return statistic > critical, (
+        return Verdict(statistic > critical, (
             f"{len(runs)} runs against {len(controls)} {controls_are}: ahead by {advantage:.4g}, "
-            f"t = {statistic:.2f} against {critical:.2f} (one-sided {self.alpha:g}, {df} df)")
+            f"t = {statistic:.2f} against {critical:.2f} (one-sided {self.alpha:g}, {df} df)"),
+            advantage)
 
     def _sigma(self, accelerator: str) -> float:
         estimate = self.noise.estimate(accelerator)

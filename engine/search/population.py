@@ -25,6 +25,12 @@ The rules, in the order a result meets them:
   degrees of freedom; runs that landed on other types are compared type by type and combined by
   inverse variance. A candidate whose runs all give the very same score while the controls do not
   is ignoring its seed: never promoted. Either way its level is now that of its unselected runs.
+- Confirmations are decided in the order they began, and those against one baseline that end
+  together are decided together: a confirmation that has ended waits for every one beside it
+  whose runs have begun to come back. Of the winners, the one that beat its control runs by the
+  most is promoted, and the others' changes are combined with it in one candidate. (Promoted in
+  the order they ended, the first winner of a wave was promoted alone, and every other waited one
+  more confirmation to be combined with it.)
 - A candidate whose baseline was replaced while it was being confirmed, and which beat the one it
   was confirmed against, is combined with the new one (a three-way merge, engine/search/combine.py;
   where both changed the same lines, the candidate's are kept), together with every other such
@@ -68,8 +74,13 @@ class _Confirmation:
     generation: int  # how many promotions there had been when it was queued
     runs_due: int  # runs of the candidate still to come
     controls_due: int  # control runs still to come
+    told: int = 0  # runs of either kind that have come back
     runs: list[tuple[float, str]] = field(default_factory=list)  # the candidate's, with types
     controls: list[tuple[float, str]] = field(default_factory=list)
+
+    @property
+    def ended(self) -> bool:
+        return self.runs_due <= 0 and self.controls_due <= 0
 
 
 class Population:
@@ -189,6 +200,7 @@ class Population:
         if pending is None:
             return []
         self._best_kept = None  # a score changes, or the baseline
+        pending.told += 1
         if control:
             pending.controls_due -= 1
         else:
@@ -197,10 +209,61 @@ class Population:
             (pending.controls if control else pending.runs).append((objective, accelerator))
             if control and pending.generation == len(self.promotions):
                 self.baseline.add_run(objective, accelerator)  # its level follows conditions
-        if pending.runs_due > 0 or pending.controls_due > 0:
+        if not pending.ended:
             return []
-        del self._confirming[commit]
-        return self._decide_promotion(pending)
+        return self._decide_ended()
+
+    def _decide_ended(self) -> list[Decision]:
+        """Decide the confirmations that have ended, in the order they began: each round is the
+        oldest one with every other that has ended against the same baseline."""
+        decisions = []
+        while self._confirming:
+            oldest = next(iter(self._confirming.values()))
+            beside = [pending for pending in self._confirming.values()
+                      if pending.generation == oldest.generation]
+            if not oldest.ended or any(pending.told and not pending.ended for pending in beside):
+                break
+            ended = [pending for pending in beside if pending.ended]
+            for pending in ended:
+                del self._confirming[pending.member.commit]
+            decisions += self._decide_round(ended)
+        return decisions
+
+    def _decide_round(self, ended: list[_Confirmation]) -> list[Decision]:
+        """Confirmations against the baseline that ended together: the winner that beat its
+        control runs by the most is promoted, and the other winners' changes are combined with
+        it in one candidate (promoted as they ended, each later winner waited one more
+        confirmation to be combined with the one before it). Confirmations against a baseline
+        that has been replaced since are decided one by one."""
+        if ended[0].generation != len(self.promotions):
+            return [decision for pending in ended for decision in self._decide_promotion(pending)]
+        decisions, winners = [], []
+        for pending in ended:
+            refused = self._settle(pending)
+            verdict = None if refused else self.compare.test(pending.runs, pending.controls)
+            if verdict is not None and verdict.won:
+                winners.append((verdict, pending))
+            else:
+                decisions.append(refused or Decision(
+                    "reject_promotion", pending.island, pending.member, reason=verdict.summary))
+        if not winners:
+            return decisions
+        winners.sort(key=lambda won: won[0].advantage, reverse=True)
+        (verdict, best), others = winners[0], winners[1:]
+        decisions.append(self._promote(best.island, best.member, verdict.summary))
+        for verdict, pending in others:
+            self._winners.add(self._with_code(pending.base), self._with_code(pending.member))
+            decisions.append(Decision("reject_promotion", pending.island, pending.member, reason=(
+                f"it beat its control runs ({verdict.summary}), and {best.member.exp_id}, "
+                f"confirmed beside it, by more: promoted, with its changes combined after")))
+        if others:
+            verdict, pending = others[0]
+            combined = self._combination(pending.island, pending.member, pending.base,
+                                         pending.accelerator, (
+                f"it beat its control runs ({verdict.summary}), as {best.member.exp_id}, "
+                "confirmed beside it and promoted, did by more"))
+            decisions += [combined] if combined is not None else []
+        return decisions
 
     def _screen(self, island: int, parent: Member, child: Member, because: str) -> list[Decision]:
         """What a child's one run earns: a confirmation when it is far enough ahead of the
@@ -254,49 +317,54 @@ class Population:
         return Decision("confirm", island, member, self.confirm_seeds, self.baseline,
                         accelerator, reason)
 
-    def _decide_promotion(self, pending: _Confirmation) -> list[Decision]:
+    def _settle(self, pending: _Confirmation) -> Decision | None:
+        """A confirmation's runs into the noise, and into the candidate's level; its refusal when
+        they cannot promote it whatever the test says."""
         member, island = pending.member, pending.island
         for accelerator in {a for _, a in pending.runs + pending.controls}:
             for group in (pending.runs, pending.controls):
                 self.noise.add_group(accelerator, [v for v, a in group if a == accelerator])
         if not pending.runs:
-            return [Decision("reject_promotion", island, member,
-                             reason="none of its confirmation runs has a score")]
+            return Decision("reject_promotion", island, member,
+                            reason="none of its confirmation runs has a score")
         # Its level is now that of runs nobody selected it on.
         member.runs = [v for v, _ in pending.runs]
         member.accelerators = [a for _, a in pending.runs]
         if len(member.runs) > 1 and len(set(member.runs)) == 1 and len(
                 {v for v, _ in pending.controls}) > 1:
-            return [Decision("reject_promotion", island, member,
-                             reason="gives the same score on every seed: it ignores its seed")]
-        if pending.generation != len(self.promotions):
-            combined = self._combined(pending)
-            if combined is not None:
-                return [combined]
-            # Its runs and the new baseline's latest (its confirmation runs, or control runs
-            # made since) are fresh runs of both from about one window of time: compared as a
-            # confirmation compares. Where winners are confirmed side by side (a wide search),
-            # the best is promoted at once, not confirmed again for one more experiment length.
-            verdict, summary = self.compare.test(pending.runs, list(zip(
-                self.baseline.runs[-LEVEL_RUNS:], self.baseline.accelerators[-LEVEL_RUNS:],
-                strict=True)), controls_are=f"runs of {self.baseline.exp_id or 'it'}")
-            if verdict:
-                return [self._promote(island, member, f"the baseline changed while it was "
-                                      f"confirmed, and its runs beat the new one's: {summary}")]
-            accelerator = member.accelerators[-1]
-            advantage, margin = self._screened(member.runs_on(accelerator), accelerator,
-                                               self.baseline)
-            if advantage <= margin:
-                return [Decision("reject_promotion", island, member, reason=(
-                    f"the baseline changed while it was confirmed, and its runs are not ahead of "
-                    f"the new one by more than {margin:.4g} ({advantage:.4g})"))]
-            return [self._confirm(island, member, accelerator, "the baseline changed while it "
-                                  "was confirmed, and it is still ahead: again, against the new "
-                                  "one")]
-        verdict, summary = self.compare.test(pending.runs, pending.controls)
+            return Decision("reject_promotion", island, member,
+                            reason="gives the same score on every seed: it ignores its seed")
+        return None
+
+    def _decide_promotion(self, pending: _Confirmation) -> list[Decision]:
+        """One confirmation against a baseline replaced since it began."""
+        member, island = pending.member, pending.island
+        refused = self._settle(pending)
+        if refused is not None:
+            return [refused]
+        combined = self._combined(pending)
+        if combined is not None:
+            return [combined]
+        # Its runs and the new baseline's latest (its confirmation runs, or control runs
+        # made since) are fresh runs of both from about one window of time: compared as a
+        # confirmation compares. Where winners are confirmed side by side (a wide search),
+        # the best is promoted at once, not confirmed again for one more experiment length.
+        verdict, summary, _ = self.compare.test(pending.runs, list(zip(
+            self.baseline.runs[-LEVEL_RUNS:], self.baseline.accelerators[-LEVEL_RUNS:],
+            strict=True)), controls_are=f"runs of {self.baseline.exp_id or 'it'}")
         if verdict:
-            return [self._promote(island, member, summary)]
-        return [Decision("reject_promotion", island, member, reason=summary)]
+            return [self._promote(island, member, f"the baseline changed while it was "
+                                  f"confirmed, and its runs beat the new one's: {summary}")]
+        accelerator = member.accelerators[-1]
+        advantage, margin = self._screened(member.runs_on(accelerator), accelerator,
+                                           self.baseline)
+        if advantage <= margin:
+            return [Decision("reject_promotion", island, member, reason=(
+                f"the baseline changed while it was confirmed, and its runs are not ahead of "
+                f"the new one by more than {margin:.4g} ({advantage:.4g})"))]
+        return [self._confirm(island, member, accelerator, "the baseline changed while it "
+                              "was confirmed, and it is still ahead: again, against the new "
+                              "one")]
 
     def _promote(self, island: int, member: Member, reason: str) -> Decision:
         self.baseline = member
@@ -306,7 +374,7 @@ class Population:
     def _combined(self, pending: _Confirmation) -> Decision | None:
         """For a candidate that beat the baseline it was confirmed against, which another winner
         replaced meanwhile: its changes on top of the new baseline, unless that is itself."""
-        won, summary = self.compare.test(pending.runs, pending.controls)
+        won, summary, _ = self.compare.test(pending.runs, pending.controls)
         if won:
             self._winners.add(self._with_code(pending.base), self._with_code(pending.member))
         return self._combination(pending.island, pending.member, pending.base,

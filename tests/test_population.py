@@ -269,11 +269,13 @@ def two_candidates(made: Population) -> str:
 def test_winners_confirmed_side_by_side_are_decided_together_the_best_promoted():
     made = population()
     two_candidates(made)
-    # The large gain's first runs are in when the small one's confirmation ends: it is waited for.
+    # Half the large gain's runs are in when the small one's confirmation ends: it is waited for.
     decisions = made.observe_control("large", 3.00) + made.observe_confirmation("large", 2.80)
+    decisions += made.observe_control("large", 3.01)
     decisions += confirm(made, "small", [2.90, 2.91, 2.89], [3.00, 3.01, 2.99])
     assert decisions == []
-    decisions = confirm(made, "large", [2.81, 2.79], [3.01, 2.99])
+    decisions = made.observe_confirmation("large", 2.81) + made.observe_control("large", 2.99)
+    decisions += made.observe_confirmation("large", 2.79)
     # Promoted as they ended, the small gain would have been promoted first, and the large one
     # combined with it and confirmed once more: one experiment length later.
     assert kinds(decisions) == ["promote", "reject_promotion", "combine"]
@@ -282,12 +284,14 @@ def test_winners_confirmed_side_by_side_are_decided_together_the_best_promoted()
     assert decisions[2].files == {"train.py": "A = 5\nB = 2\nC = 7\n"}
 
 
-def test_a_confirmation_that_ended_does_not_wait_for_one_whose_runs_have_not_begun():
+def test_a_confirmation_that_ended_does_not_wait_for_one_less_than_half_way_through():
     made = population()
     two_candidates(made)
-    decisions = confirm(made, "small", [2.90, 2.91, 2.89], [3.00, 3.01, 2.99])
+    # Its other runs may still wait for a GPU: waiting for them could take a whole run or more.
+    decisions = made.observe_control("large", 3.00) + made.observe_confirmation("large", 2.80)
+    decisions += confirm(made, "small", [2.90, 2.91, 2.89], [3.00, 3.01, 2.99])
     assert kinds(decisions) == ["promote"]
-    assert made.confirming == {"large": (3, 3)}
+    assert made.confirming == {"large": (2, 2)}
 
 
 def test_a_winner_whose_change_overlaps_the_new_baseline_is_confirmed_again_instead():

@@ -25,12 +25,11 @@ The rules, in the order a result meets them:
   degrees of freedom; runs that landed on other types are compared type by type and combined by
   inverse variance. A candidate whose runs all give the very same score while the controls do not
   is ignoring its seed: never promoted. Either way its level is now that of its unselected runs.
-- Confirmations are decided in the order they began, and those against one baseline that end
-  together are decided together: a confirmation that has ended waits for every one beside it
-  whose runs have begun to come back. Of the winners, the one that beat its control runs by the
-  most is promoted, and the others' changes are combined with it in one candidate. (Promoted in
-  the order they ended, the first winner of a wave was promoted alone, and every other waited one
-  more confirmation to be combined with it.)
+- Confirmations against one baseline on one GPU model that end together are decided together: one
+  that has ended waits for those beside it that are half-way through. Of the winners, the one
+  that beat its control runs by the most is promoted, and the others' changes are combined with
+  it in one candidate. (Promoted in the order they ended, the first winner of a wave was promoted
+  alone, and every other waited one more confirmation to be combined with it.)
 - A candidate whose baseline was replaced while it was being confirmed, and which beat the one it
   was confirmed against, is combined with the new one (a three-way merge, engine/search/combine.py;
   where both changed the same lines, the candidate's are kept), together with every other such
@@ -74,13 +73,23 @@ class _Confirmation:
     generation: int  # how many promotions there had been when it was queued
     runs_due: int  # runs of the candidate still to come
     controls_due: int  # control runs still to come
+    began: int = 0  # how many confirmations began before it
     told: int = 0  # runs of either kind that have come back
+    # How many confirmations had begun when its first run came back: those it waits for, once
+    # it has ended, if they are under way (None until then).
+    waits_for: int | None = None
     runs: list[tuple[float, str]] = field(default_factory=list)  # the candidate's, with types
     controls: list[tuple[float, str]] = field(default_factory=list)
 
     @property
     def ended(self) -> bool:
         return self.runs_due <= 0 and self.controls_due <= 0
+
+    @property
+    def half_way(self) -> bool:
+        """Under way, with at least half its runs back: the rest are likely running (its runs
+        are queued in turns, ahead of everything else), and it ends within about one run."""
+        return not self.ended and self.told >= self.runs_due + self.controls_due
 
 
 class Population:
@@ -101,6 +110,7 @@ class Population:
         self.kept: set[str] = set()  # exp ids that advanced or joined an island
         self.promotions: list[Member] = []
         self._confirming: dict[str, _Confirmation] = {}  # commit -> its confirmation
+        self._began = 0  # confirmations begun
         # commit -> the baseline its code descends from, for every code judged: a result may
         # come back after its island was reseeded, and its changes still count on that baseline.
         self._descends: dict[str, Member] = {self.baseline.commit: self.baseline}
@@ -201,6 +211,8 @@ class Population:
             return []
         self._best_kept = None  # a score changes, or the baseline
         pending.told += 1
+        if pending.waits_for is None:
+            pending.waits_for = self._began
         if control:
             pending.controls_due -= 1
         else:
@@ -214,20 +226,26 @@ class Population:
         return self._decide_ended()
 
     def _decide_ended(self) -> list[Decision]:
-        """Decide the confirmations that have ended, in the order they began: each round is the
-        oldest one with every other that has ended against the same baseline."""
+        """Decide the confirmations that have ended, in rounds (`_round_ended`)."""
         decisions = []
-        while self._confirming:
-            oldest = next(iter(self._confirming.values()))
-            beside = [pending for pending in self._confirming.values()
-                      if pending.generation == oldest.generation]
-            if not oldest.ended or any(pending.told and not pending.ended for pending in beside):
-                break
-            ended = [pending for pending in beside if pending.ended]
-            for pending in ended:
+        while round_ := self._round_ended():
+            for pending in round_:
                 del self._confirming[pending.member.commit]
-            decisions += self._decide_round(ended)
+            decisions += self._decide_round(round_)
         return decisions
+
+    def _round_ended(self) -> list[_Confirmation]:
+        """A confirmation that has ended, with every other that has ended against the same
+        baseline on the same GPU model, once none of those that began before its first run came
+        back is half-way through (those end within about one run). Waiting for any that had
+        begun also waited, with two GPU speeds, on runs still queued for a busy model, and lost
+        what it won (benchmarks/simulate.py)."""
+        for ended in (c for c in self._confirming.values() if c.ended):
+            beside = [c for c in self._confirming.values()
+                      if (c.generation, c.accelerator) == (ended.generation, ended.accelerator)]
+            if not any(c.half_way and c.began < ended.waits_for for c in beside):
+                return [c for c in beside if c.ended]
+        return []
 
     def _decide_round(self, ended: list[_Confirmation]) -> list[Decision]:
         """Confirmations against the baseline that ended together: the winner that beat its
@@ -256,13 +274,13 @@ class Population:
             decisions.append(Decision("reject_promotion", pending.island, pending.member, reason=(
                 f"it beat its control runs ({verdict.summary}), and {best.member.exp_id}, "
                 f"confirmed beside it, by more: promoted, with its changes combined after")))
-        if others:
-            verdict, pending = others[0]
+        for verdict, pending in others:  # the first whose changes are not the baseline's
             combined = self._combination(pending.island, pending.member, pending.base,
                                          pending.accelerator, (
                 f"it beat its control runs ({verdict.summary}), as {best.member.exp_id}, "
                 "confirmed beside it and promoted, did by more"))
-            decisions += [combined] if combined is not None else []
+            if combined is not None:
+                return decisions + [combined]
         return decisions
 
     def _screen(self, island: int, parent: Member, child: Member, because: str) -> list[Decision]:
@@ -313,7 +331,8 @@ class Population:
                  reason: str) -> Decision:
         self._confirming[member.commit] = _Confirmation(
             member, island, self.baseline, self._descends[member.commit], accelerator,
-            len(self.promotions), self.confirm_seeds, self.confirm_seeds)
+            len(self.promotions), self.confirm_seeds, self.confirm_seeds, self._began)
+        self._began += 1
         return Decision("confirm", island, member, self.confirm_seeds, self.baseline,
                         accelerator, reason)
 

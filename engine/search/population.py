@@ -75,8 +75,8 @@ class _Confirmation:
     controls_due: int  # control runs still to come
     began: int = 0  # how many confirmations began before it
     told: int = 0  # runs of either kind that have come back
-    # How many confirmations had begun when its first run came back: those it waits for, once
-    # it has ended, if they are under way (None until then).
+    # How many confirmations had begun when its first run came back: once it has ended, it
+    # waits for those of them beside it that are half-way through (None until then).
     waits_for: int | None = None
     runs: list[tuple[float, str]] = field(default_factory=list)  # the candidate's, with types
     controls: list[tuple[float, str]] = field(default_factory=list)

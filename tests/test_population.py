@@ -256,14 +256,13 @@ def test_winners_that_come_in_together_are_combined_in_one_candidate_not_one_at_
     assert decisions[0].files == {"train.py": "A = 5\nB = 2\nC = 8\nD = 4\nE = 9\n"}
 
 
-def two_candidates(made: Population) -> str:
+def two_candidates(made: Population) -> None:
     """A small gain (A) and a large one (C), found at once on islands 0 and 1 and confirmed side
-    by side, the small one first. Returns the starting code."""
-    start = made.baseline.files["train.py"] = "A = 1\nB = 2\nC = 3\n"
+    by side, the small one first."""
+    made.baseline.files["train.py"] = "A = 1\nB = 2\nC = 3\n"
     observe(made, 0, Member("small", {"train.py": "A = 5\nB = 2\nC = 3\n"}, [2.90], "small"))
     observe(made, 1, Member("large", {"train.py": "A = 1\nB = 2\nC = 7\n"}, [2.80], "large"))
     assert set(made.confirming) == {"small", "large"}
-    return start
 
 
 def test_winners_confirmed_side_by_side_are_decided_together_the_best_promoted():

@@ -273,7 +273,8 @@ class Population:
             self._winners.add(self._with_code(pending.base), self._with_code(pending.member))
             decisions.append(Decision("reject_promotion", pending.island, pending.member, reason=(
                 f"it beat its control runs ({verdict.summary}), and {best.member.exp_id}, "
-                f"confirmed beside it, by more: promoted, with its changes combined after")))
+                "confirmed beside it, by more: that one is promoted, and the other winners' "
+                "changes are combined with it where they can be")))
         for verdict, pending in others:  # the first whose changes are not the baseline's
             combined = self._combination(pending.island, pending.member, pending.base,
                                          pending.accelerator, (
